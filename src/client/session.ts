@@ -1,0 +1,411 @@
+import {
+  type Clock,
+  clientHello,
+  clientResume,
+  Emitter,
+  type EngineOptions,
+  FramedConnection,
+  lostReasonFor,
+  SessionEngine,
+  type SessionEvent,
+  type SessionKey,
+  systemClock,
+  type TimerHandle,
+  type Transport,
+  toHex,
+  verifyMove,
+} from '../session/index.js';
+import {
+  type CodeName,
+  codeText,
+  DEFAULT_MAX_FRAME_BYTES,
+  type Frame,
+  type FrameType,
+  RoamError,
+} from '../wire/index.js';
+
+/** Opens a transport to `url`. The node entry registers ws/wss/tcp/tls; browsers use WebSocket. */
+export type Connector = (url: string, opts: { localAddress?: string | undefined }) => Promise<Transport>;
+
+/** Reconnect policy: exponential backoff with full jitter, so a thousand clients that lose one host do not return in lock-step. */
+export interface ReconnectOptions {
+  /** Upper bound of the first random delay. Default 100 ms. */
+  initialDelayMs?: number;
+  /** Cap of the backoff. Default 5000 ms. */
+  maxDelayMs?: number;
+  /** Give up a first connection after this long. Default 30 s. Resumes give up when the session's TTL passes. */
+  connectTimeoutMs?: number;
+}
+
+export interface ConnectOptions {
+  /** Service name on the server. */
+  service: string;
+  /** Instance key: sessions with the same key share one instance (a room, a game, a document). */
+  key?: string;
+  /** How to open transports. Required in `roam/client` for browsers only if the URL is not ws:// or wss://. */
+  connector?: Connector;
+  /** Local address to bind (Node only); change it with `setLocalAddress` to move the client. */
+  localAddress?: string;
+  reconnect?: ReconnectOptions;
+  /** Time allowed for each handshake. Default 10 s. */
+  handshakeTimeoutMs?: number;
+  /** Reliable-delivery tunables (replay window, heartbeats, ACK coalescing). */
+  engine?: EngineOptions;
+  clock?: Clock;
+  /** Random source for jitter, in [0, 1). */
+  random?: () => number;
+}
+
+export type SessionState = 'connecting' | 'open' | 'suspended' | 'lost' | 'closed';
+
+type SessionEvents = {
+  /** One application message, exactly once, in order. */
+  message: [data: Uint8Array, channel: number];
+  /** Every lifecycle event, as one typed union. */
+  event: [SessionEvent];
+  open: [Extract<SessionEvent, { type: 'open' }>];
+  suspended: [Extract<SessionEvent, { type: 'suspended' }>];
+  resumed: [Extract<SessionEvent, { type: 'resumed' }>];
+  moved: [Extract<SessionEvent, { type: 'moved' }>];
+  lost: [Extract<SessionEvent, { type: 'lost' }>];
+  closed: [Extract<SessionEvent, { type: 'closed' }>];
+  /** Unacknowledged bytes fell below the low-water mark after `send` returned false. */
+  drain: [];
+  /** Non-fatal problems: rejected MOVE frames, failed reconnect attempts. */
+  warning: [RoamError];
+};
+
+const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
+  'SESSION_EXPIRED',
+  'UNKNOWN_SESSION',
+  'REPLAY_WINDOW_EXCEEDED',
+  'RESUME_PROOF_INVALID',
+  'HANDSHAKE_FAILED',
+  'UNKNOWN_SERVICE',
+  'RESUME_STALE',
+]);
+const FATAL_ON_HELLO: ReadonlySet<CodeName> = new Set<CodeName>(['UNKNOWN_SERVICE', 'HANDSHAKE_FAILED', 'OVERLOADED']);
+
+const utf8 = new TextEncoder();
+
+/**
+ * A client's logical connection to one service instance. It survives transport drops, address
+ * changes and server moves: messages are delivered exactly once and in order in both directions.
+ *
+ * @example
+ * const s = connect('ws://127.0.0.1:7071', { service: 'echo' });
+ * s.on('message', (data) => console.log(new TextDecoder().decode(data)));
+ * await s.ready;
+ * s.send('hello');
+ */
+export class Session extends Emitter<SessionEvents> {
+  /** Resolves once the session is open; rejects if it is lost or closed first. */
+  readonly ready: Promise<void>;
+  private _state: SessionState = 'connecting';
+  private _url: string;
+  private _id: Uint8Array | undefined;
+  private key: SessionKey | undefined;
+  private sessionTtlMs = 0;
+  private localAddress: string | undefined;
+  private readonly engine: SessionEngine;
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly connector: Connector;
+  private readonly handshakeTimeoutMs: number;
+  private readonly initialDelayMs: number;
+  private readonly maxDelayMs: number;
+  private readonly connectTimeoutMs: number;
+  private readonly maxFrameBytes: number;
+  private lastMoveId = 0;
+  private wakeTimer: TimerHandle | undefined;
+  private wake: (() => void) | undefined;
+  private attempt = 0;
+  private resumeImmediately = false;
+  private resolveReady!: () => void;
+  private rejectReady!: (err: RoamError) => void;
+  private connecting: FramedConnection | undefined;
+
+  constructor(
+    url: string,
+    private readonly opts: ConnectOptions & { connector: Connector },
+  ) {
+    super();
+    if (!opts.service) throw new RoamError('INVALID_ARGUMENT', 'connect() needs a service name');
+    this._url = url;
+    this.clock = opts.clock ?? systemClock;
+    this.random = opts.random ?? Math.random;
+    this.connector = opts.connector;
+    this.localAddress = opts.localAddress;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
+    this.initialDelayMs = opts.reconnect?.initialDelayMs ?? 100;
+    this.maxDelayMs = opts.reconnect?.maxDelayMs ?? 5000;
+    this.connectTimeoutMs = opts.reconnect?.connectTimeoutMs ?? 30_000;
+    this.maxFrameBytes = opts.engine?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.engine = new SessionEngine({ ...opts.engine, clock: this.clock });
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    // A caller that never awaits `ready` must not get an unhandled rejection.
+    this.ready.catch(() => {});
+    this.engine.on('message', (data, channel) => this.emit('message', data, channel));
+    this.engine.on('drain', () => this.emit('drain'));
+    this.engine.on('event', (ev) => this.onEngineEvent(ev));
+    this.engine.on('move', (f) => {
+      void this.onMove(f);
+    });
+    void this.run();
+  }
+
+  get state(): SessionState {
+    return this._state;
+  }
+  /** Session id in hex, once open. */
+  get id(): string | undefined {
+    return this._id ? toHex(this._id) : undefined;
+  }
+  /** The endpoint the session currently resumes to (changes after a MOVE). */
+  get url(): string {
+    return this._url;
+  }
+  get rtt(): { srtt: number; rttvar: number } | undefined {
+    return this.engine.rtt;
+  }
+  /** Unacknowledged outbound bytes. */
+  get bufferedAmount(): number {
+    return this.engine.bufferedBytes;
+  }
+  get stats(): ReturnType<SessionEngine['stats']> {
+    return this.engine.stats();
+  }
+
+  /**
+   * Sends a message (bytes, or a string as UTF-8). Returns false when the replay buffer reached its
+   * high-water mark: wait for `drain` before sending more. Works while suspended: messages wait
+   * and go out on resume.
+   */
+  send(data: Uint8Array | string, channel = 0): boolean {
+    if (this._state === 'connecting') {
+      throw new RoamError('INVALID_STATE', 'session is not open yet: await session.ready');
+    }
+    return this.engine.send(typeof data === 'string' ? utf8.encode(data) : data, channel);
+  }
+
+  /** Closes the session for good; queued messages are sent first when a transport is up. */
+  close(reason = ''): void {
+    if (this._state === 'lost' || this._state === 'closed') return;
+    this.connecting?.abort();
+    if (this._state === 'connecting') {
+      this.finish({ type: 'closed', code: 'NORMAL', reason, byPeer: false });
+      return;
+    }
+    this.engine.close(reason);
+  }
+
+  /** Binds future transports to another local address (Node), e.g. after a network change. */
+  setLocalAddress(addr: string | undefined): void {
+    this.localAddress = addr;
+  }
+
+  /**
+   * Drops the current transport and resumes at once on a new one — call it when the platform says
+   * the network changed (browser `online`, a new default route) instead of waiting for heartbeats.
+   */
+  reconnectNow(): void {
+    if (this._state === 'open') {
+      this.resumeImmediately = true;
+      this.engine.dropTransport();
+    } else if (this._state === 'suspended') {
+      this.attempt = 0;
+      this.wake?.();
+    }
+  }
+
+  private onEngineEvent(ev: SessionEvent): void {
+    switch (ev.type) {
+      case 'suspended':
+        this._state = 'suspended';
+        this.publish(ev);
+        void this.resumeLoop();
+        return;
+      case 'resumed':
+        this._state = 'open';
+        this.publish(ev);
+        return;
+      case 'lost':
+      case 'closed':
+        this.finish(ev);
+        return;
+      default:
+        this.publish(ev);
+    }
+  }
+
+  private publish(ev: SessionEvent): void {
+    this.emit('event', ev);
+    // The per-type channels carry the same object; the cast is sound because the name is the type.
+    (this.emit as (k: string, e: SessionEvent) => void)(ev.type, ev);
+  }
+
+  private finish(ev: Extract<SessionEvent, { type: 'lost' | 'closed' }>): void {
+    if (this._state === 'lost' || this._state === 'closed') return;
+    this._state = ev.type;
+    this.cancelWait();
+    this.rejectReady(
+      new RoamError(ev.code, ev.type === 'lost' ? `session lost: ${ev.message}` : `session closed: ${ev.reason}`),
+    );
+    this.publish(ev);
+  }
+
+  /** First connection: HELLO, retried with backoff until it succeeds or connectTimeoutMs passes. */
+  private async run(): Promise<void> {
+    const started = this.clock.now();
+    for (;;) {
+      if (this._state !== 'connecting') return;
+      let conn: FramedConnection | undefined;
+      try {
+        const transport = await this.connector(this._url, { localAddress: this.localAddress });
+        conn = new FramedConnection(transport, { maxFrameBytes: this.maxFrameBytes });
+        this.connecting = conn;
+        if (this._state !== 'connecting') {
+          conn.abort();
+          return;
+        }
+        const est = await clientHello(conn, this.clock, this.handshakeTimeoutMs, this.opts.service, this.opts.key);
+        this.connecting = undefined;
+        if (this._state !== 'connecting') {
+          conn.close();
+          return;
+        }
+        this._id = est.sessionId;
+        this.key = est.key;
+        this.sessionTtlMs = est.sessionTtlMs;
+        this.engine.attach(conn, 0);
+        this._state = 'open';
+        this.attempt = 0;
+        this.resolveReady();
+        this.publish({ type: 'open', sessionId: toHex(est.sessionId) });
+        return;
+      } catch (err) {
+        this.connecting = undefined;
+        conn?.abort();
+        const e = asRoamError(err);
+        if (FATAL_ON_HELLO.has(e.code)) {
+          this.finish({ type: 'lost', reason: lostReasonFor(e.code), code: e.code, message: e.message });
+          return;
+        }
+        if (this.clock.now() - started > this.connectTimeoutMs) {
+          this.finish({
+            type: 'lost',
+            reason: 'reconnect_exhausted',
+            code: 'RECONNECT_EXHAUSTED',
+            message: `could not open a session within ${this.connectTimeoutMs} ms: ${e.message}`,
+          });
+          return;
+        }
+        this.warn(e);
+        await this.backoff();
+      }
+    }
+  }
+
+  /** After a transport loss: RESUME on new transports until it works, the TTL passes, or the server says the session is gone. */
+  private async resumeLoop(): Promise<void> {
+    const detachedAt = this.clock.now();
+    this.attempt = this.resumeImmediately ? -1 : 0;
+    this.resumeImmediately = false;
+    while (this._state === 'suspended') {
+      await this.backoff();
+      if (this._state !== 'suspended') return;
+      if (this.clock.now() - detachedAt > this.sessionTtlMs) {
+        this.engine.lose('SESSION_EXPIRED', `no resume within the session's ${this.sessionTtlMs} ms TTL`);
+        return;
+      }
+      let conn: FramedConnection | undefined;
+      try {
+        const transport = await this.connector(this._url, { localAddress: this.localAddress });
+        conn = new FramedConnection(transport, { maxFrameBytes: this.maxFrameBytes });
+        this.connecting = conn;
+        if (this._state !== 'suspended') {
+          conn.abort();
+          return;
+        }
+        const id = this._id as Uint8Array;
+        const peerLast = await clientResume(
+          conn,
+          this.clock,
+          this.handshakeTimeoutMs,
+          id,
+          this.key as SessionKey,
+          this.engine.lastReceivedSeq,
+        );
+        this.connecting = undefined;
+        if (this._state !== 'suspended') {
+          conn.abort();
+          return;
+        }
+        this.engine.attach(conn, peerLast);
+        return;
+      } catch (err) {
+        this.connecting = undefined;
+        conn?.abort();
+        const e = asRoamError(err);
+        if (FATAL_ON_RESUME.has(e.code)) {
+          this.engine.lose(e.code, e.message);
+          return;
+        }
+        this.warn(e);
+      }
+    }
+  }
+
+  private async onMove(f: Extract<Frame, { type: typeof FrameType.MOVE }>): Promise<void> {
+    const key = this.key;
+    const id = this._id;
+    if (!key || !id) return;
+    const ok = (await verifyMove(key, id, f)) && f.moveId > this.lastMoveId;
+    if (!ok) {
+      this.warn(new RoamError('MOVE_INVALID', `${codeText('MOVE_INVALID')} (moveId ${f.moveId})`));
+      return;
+    }
+    this.lastMoveId = f.moveId;
+    this._url = f.url;
+    this.publish({ type: 'moved', url: f.url });
+    // The old endpoint has handed the session over; resume at the new one straight away.
+    this.resumeImmediately = true;
+    this.engine.dropTransport();
+  }
+
+  private warn(e: RoamError): void {
+    if (this.listenerCount('warning') > 0) this.emit('warning', e);
+  }
+
+  /** Waits a full-jitter exponential delay; `reconnectNow` and `close` cut it short. */
+  private backoff(): Promise<void> {
+    const n = this.attempt++;
+    const cap = n < 0 ? 0 : Math.min(this.maxDelayMs, this.initialDelayMs * 2 ** n);
+    const delay = Math.floor(this.random() * cap);
+    if (delay <= 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.wake = () => {
+        this.cancelWait();
+        resolve();
+      };
+      this.wakeTimer = this.clock.setTimeout(() => this.wake?.(), delay);
+    });
+  }
+
+  private cancelWait(): void {
+    if (this.wakeTimer !== undefined) this.clock.clearTimeout(this.wakeTimer);
+    this.wakeTimer = undefined;
+    const w = this.wake;
+    this.wake = undefined;
+    if (w && this._state !== 'suspended' && this._state !== 'connecting') w();
+  }
+}
+
+function asRoamError(err: unknown): RoamError {
+  if (err instanceof RoamError) return err;
+  const e = err as Error;
+  return new RoamError('TRANSPORT_CLOSED', e?.message ?? String(err), { cause: err });
+}

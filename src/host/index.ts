@@ -1,0 +1,5 @@
+export { builtinServices, counterService, echoService } from './builtin.js';
+export type { Logger } from './logger.js';
+export { createLogger, silentLogger } from './logger.js';
+export type { SessionHandler, SessionServerOptions } from './server.js';
+export { ServerSession, SessionServer } from './server.js';

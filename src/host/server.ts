@@ -1,0 +1,290 @@
+import {
+  type Clock,
+  Emitter,
+  type EngineOptions,
+  FramedConnection,
+  moveMac,
+  type Opening,
+  SessionEngine,
+  type SessionEvent,
+  type SessionKey,
+  serverOpen,
+  serverResumed,
+  serverWelcome,
+  systemClock,
+  type TimerHandle,
+  type Transport,
+  toHex,
+  verifyResume,
+} from '../session/index.js';
+import { type Listener, type ListenOptions, listenTransport } from '../transport/index.js';
+import { type CodeName, DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameType, RoamError } from '../wire/index.js';
+import { createLogger, type Logger } from './logger.js';
+
+/**
+ * A service as the minimal server knows it: called once per new session. The full service API
+ * (instances, state stores, timers, continuations) lives in roam/service.
+ */
+export interface SessionHandler {
+  open(session: ServerSession): void;
+}
+
+export interface SessionServerOptions {
+  services: Record<string, SessionHandler>;
+  /** How long a detached session waits for its client to resume. Default 5 min. */
+  sessionTtlMs?: number;
+  /** Time allowed for a new transport to finish its handshake. Default 10 s. */
+  handshakeTimeoutMs?: number;
+  /** A RESUME must answer a challenge younger than this. Default 10 s. */
+  challengeTtlMs?: number;
+  /** Refuse new sessions above this many. Default 100,000. */
+  maxSessions?: number;
+  /** How long the reason of an ended session is remembered, so a late resume learns why. Default 1 h. */
+  tombstoneTtlMs?: number;
+  /** At most this many tombstones are kept (oldest dropped first). Default 100,000. */
+  maxTombstones?: number;
+  engine?: EngineOptions;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+type ServerSessionEvents = {
+  message: [data: Uint8Array, channel: number];
+  event: [SessionEvent];
+  drain: [];
+};
+
+/** The server's side of one client session. */
+export class ServerSession extends Emitter<ServerSessionEvents> {
+  readonly id: string;
+  private moveId = 0;
+
+  constructor(
+    readonly sessionId: Uint8Array,
+    readonly service: string,
+    readonly key: string | undefined,
+    readonly engine: SessionEngine,
+    private readonly sessionKey: SessionKey,
+  ) {
+    super();
+    this.id = toHex(sessionId);
+    engine.on('message', (d, c) => this.emit('message', d, c));
+    engine.on('event', (e) => this.emit('event', e));
+    engine.on('drain', () => this.emit('drain'));
+  }
+
+  get state(): SessionEngine['state'] {
+    return this.engine.state;
+  }
+  get remoteAddress(): string | undefined {
+    return this.engine.remoteAddress;
+  }
+  /** See SessionEngine.send: false means wait for `drain`. */
+  send(data: Uint8Array | string, channel = 0): boolean {
+    return this.engine.send(typeof data === 'string' ? new TextEncoder().encode(data) : data, channel);
+  }
+  close(reason = ''): void {
+    this.engine.close(reason);
+  }
+  /**
+   * Tells the client, with a MOVE authenticated by the session key, to resume at `url`. Returns
+   * false when no transport is attached (the client will learn on its next resume attempt).
+   */
+  async move(url: string, token: Uint8Array = new Uint8Array(0)): Promise<boolean> {
+    const moveId = ++this.moveId;
+    const mac = await moveMac(this.sessionKey, this.sessionId, moveId, url, token);
+    return this.engine.writeControl(encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac }));
+  }
+  /** @internal */
+  get keyForResume(): SessionKey {
+    return this.sessionKey;
+  }
+}
+
+interface Tombstone {
+  code: CodeName;
+  message: string;
+  at: number;
+}
+
+/**
+ * Accepts transports, runs the HELLO/RESUME handshakes and keeps the table of live sessions.
+ * Bad input on one transport closes that transport with an ERROR frame; other sessions, and the
+ * session a forged RESUME names, are untouched.
+ */
+export class SessionServer {
+  private readonly sessions = new Map<string, ServerSession>();
+  private readonly expiry = new Map<string, TimerHandle>();
+  private readonly tombstones = new Map<string, Tombstone>();
+  private readonly listeners: Listener[] = [];
+  private readonly pending = new Set<FramedConnection>();
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly sessionTtlMs: number;
+  private readonly handshakeTimeoutMs: number;
+  private readonly challengeTtlMs: number;
+  private readonly maxSessions: number;
+  private readonly tombstoneTtlMs: number;
+  private readonly maxTombstones: number;
+  private closing = false;
+  /** Counters for tests, metrics and `roam` tooling. */
+  readonly counters = { accepted: 0, hellos: 0, resumes: 0, refused: new Map<CodeName, number>() };
+
+  constructor(private readonly opts: SessionServerOptions) {
+    this.clock = opts.clock ?? systemClock;
+    this.log = opts.logger ?? createLogger('roam-server');
+    this.sessionTtlMs = opts.sessionTtlMs ?? 5 * 60_000;
+    this.handshakeTimeoutMs = opts.handshakeTimeoutMs ?? 10_000;
+    this.challengeTtlMs = opts.challengeTtlMs ?? 10_000;
+    this.maxSessions = opts.maxSessions ?? 100_000;
+    this.tombstoneTtlMs = opts.tombstoneTtlMs ?? 60 * 60_000;
+    this.maxTombstones = opts.maxTombstones ?? 100_000;
+  }
+
+  /** Listens on a ws://, wss://, tcp:// or tls:// URL; port 0 picks a free one. */
+  async listen(url: string, opts?: ListenOptions): Promise<Listener> {
+    const l = await listenTransport(url, (t) => this.accept(t), opts);
+    this.listeners.push(l);
+    return l;
+  }
+
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+  getSession(id: string): ServerSession | undefined {
+    return this.sessions.get(id);
+  }
+  allSessions(): IterableIterator<ServerSession> {
+    return this.sessions.values();
+  }
+
+  /** Takes a new transport through the handshake. Never throws. */
+  accept(transport: Transport): void {
+    if (this.closing) {
+      transport.close();
+      return;
+    }
+    this.counters.accepted++;
+    const conn = new FramedConnection(transport, {
+      maxFrameBytes: this.opts.engine?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+    });
+    this.pending.add(conn);
+    this.handshake(conn)
+      .catch((err: unknown) => {
+        const e =
+          err instanceof RoamError ? err : new RoamError('INTERNAL', 'handshake failed', { cause: err as Error });
+        this.counters.refused.set(e.code, (this.counters.refused.get(e.code) ?? 0) + 1);
+        this.log.info({ code: e.code, remote: transport.remoteAddress, err: e.message }, 'handshake refused');
+        conn.close(e.code, e.message, true);
+      })
+      .finally(() => this.pending.delete(conn));
+  }
+
+  private async handshake(conn: FramedConnection): Promise<void> {
+    const opening = await serverOpen(conn, this.clock, this.handshakeTimeoutMs);
+    if (opening.kind === 'hello') await this.onHello(conn, opening.hello);
+    else await this.onResume(conn, opening);
+  }
+
+  private async onHello(conn: FramedConnection, hello: Extract<Opening, { kind: 'hello' }>['hello']): Promise<void> {
+    const handler = this.opts.services[hello.service];
+    if (!handler || !Object.hasOwn(this.opts.services, hello.service)) {
+      throw new RoamError('UNKNOWN_SERVICE', `no service named ${JSON.stringify(hello.service)} here`);
+    }
+    if (this.sessions.size >= this.maxSessions) {
+      throw new RoamError('OVERLOADED', `session limit of ${this.maxSessions} reached`);
+    }
+    const engineOpts = this.opts.engine ?? {};
+    const { sessionId, key } = await serverWelcome(conn, hello, {
+      heartbeatMs: engineOpts.heartbeatMs ?? 1000,
+      sessionTtlMs: this.sessionTtlMs,
+    });
+    this.counters.hellos++;
+    const engine = new SessionEngine({ ...engineOpts, clock: this.clock });
+    const session = new ServerSession(sessionId, hello.service, hello.key, engine, key);
+    this.sessions.set(session.id, session);
+    engine.on('event', (ev) => this.onSessionEvent(session, ev));
+    engine.attach(conn, 0);
+    this.log.debug({ session: session.id, service: hello.service, remote: session.remoteAddress }, 'session open');
+    try {
+      handler.open(session);
+    } catch (err) {
+      this.log.error({ session: session.id, err: (err as Error).message }, 'service open() threw');
+      engine.lose('INTERNAL', 'service failed to open the session');
+    }
+  }
+
+  private async onResume(conn: FramedConnection, opening: Extract<Opening, { kind: 'resume' }>): Promise<void> {
+    const id = toHex(opening.resume.sessionId);
+    const session = this.sessions.get(id);
+    if (!session) {
+      const t = this.tombstones.get(id);
+      if (t) throw new RoamError(t.code, t.message);
+      throw new RoamError('UNKNOWN_SESSION', 'no such session on this server');
+    }
+    await verifyResume(opening, session.keyForResume, this.clock.now(), this.challengeTtlMs);
+    // The proof verified: this is the key holder. Everything below may touch the session.
+    if (session.state === 'lost' || session.state === 'closed') {
+      throw new RoamError('UNKNOWN_SESSION', 'session ended during the handshake');
+    }
+    const ourLast = session.engine.lastReceivedSeq;
+    await serverResumed(conn, session.keyForResume, opening.resume, ourLast);
+    this.counters.resumes++;
+    session.engine.attach(conn, opening.resume.lastSeq);
+    this.clearExpiry(id);
+  }
+
+  private onSessionEvent(session: ServerSession, ev: SessionEvent): void {
+    switch (ev.type) {
+      case 'suspended': {
+        this.clearExpiry(session.id);
+        const timer = this.clock.setTimeout(() => {
+          this.expiry.delete(session.id);
+          if (session.state === 'detached') {
+            session.engine.lose('SESSION_EXPIRED', `not resumed within ${this.sessionTtlMs} ms`);
+          }
+        }, this.sessionTtlMs);
+        this.expiry.set(session.id, timer);
+        return;
+      }
+      case 'lost':
+      case 'closed':
+        this.clearExpiry(session.id);
+        this.sessions.delete(session.id);
+        this.remember(
+          session.id,
+          ev.type === 'lost' ? ev.code : 'UNKNOWN_SESSION',
+          ev.type === 'lost' ? ev.message : 'session was closed',
+        );
+        return;
+      default:
+    }
+  }
+
+  private clearExpiry(id: string): void {
+    const t = this.expiry.get(id);
+    if (t !== undefined) this.clock.clearTimeout(t);
+    this.expiry.delete(id);
+  }
+
+  private remember(id: string, code: CodeName, message: string): void {
+    const now = this.clock.now();
+    this.tombstones.set(id, { code, message, at: now });
+    // Map iteration order is insertion order: the oldest tombstones come first.
+    for (const [k, t] of this.tombstones) {
+      if (this.tombstones.size <= this.maxTombstones && now - t.at <= this.tombstoneTtlMs) break;
+      this.tombstones.delete(k);
+    }
+  }
+
+  /** Closes every listener and session (clients get CLOSE GOING_AWAY). */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const s of [...this.sessions.values()]) s.engine.close('server shutting down', 'GOING_AWAY');
+    for (const c of this.pending) c.abort();
+    for (const t of this.expiry.values()) this.clock.clearTimeout(t);
+    this.expiry.clear();
+    await Promise.all(this.listeners.map((l) => l.close()));
+    this.listeners.length = 0;
+  }
+}

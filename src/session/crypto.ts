@@ -1,0 +1,126 @@
+import { KEY_BYTES, MAC_BYTES, NONCE_BYTES, SESSION_ID_BYTES } from '../wire/index.js';
+
+/**
+ * Session cryptography on WebCrypto, which Node (globalThis.crypto) and browsers share, so the
+ * client bundle needs no Node module and no third-party library. X25519 for key agreement,
+ * HKDF-SHA256 to derive the session key, HMAC-SHA256 for resume proofs and MOVE frames.
+ * Confidentiality is TLS's job (wss://, tls://), not ours.
+ */
+const subtle = (): SubtleCrypto => globalThis.crypto.subtle;
+const enc = new TextEncoder();
+
+export function randomBytes(n: number): Uint8Array {
+  const b = new Uint8Array(n);
+  globalThis.crypto.getRandomValues(b);
+  return b;
+}
+export const newSessionId = (): Uint8Array => randomBytes(SESSION_ID_BYTES);
+export const newNonce = (): Uint8Array => randomBytes(NONCE_BYTES);
+
+/** An ephemeral X25519 key pair for one handshake. */
+export interface EphemeralKey {
+  publicKey: Uint8Array;
+  privateKey: CryptoKey;
+}
+
+export async function generateEphemeralKey(): Promise<EphemeralKey> {
+  const pair = (await subtle().generateKey({ name: 'X25519' }, false, ['deriveBits'])) as CryptoKeyPair;
+  const raw = new Uint8Array(await subtle().exportKey('raw', pair.publicKey));
+  return { publicKey: raw, privateKey: pair.privateKey };
+}
+
+/** The session key: a non-extractable HMAC key derived from the X25519 shared secret. */
+export type SessionKey = CryptoKey;
+
+/**
+ * ECDH then HKDF(salt = sessionId, info = "roam/1 session" ‖ clientPub ‖ serverPub). Binding both
+ * public keys into `info` ties the key to this exact exchange.
+ */
+export async function deriveSessionKey(
+  own: EphemeralKey,
+  peerPublicKey: Uint8Array,
+  sessionId: Uint8Array,
+  clientPublicKey: Uint8Array,
+  serverPublicKey: Uint8Array,
+): Promise<SessionKey> {
+  if (peerPublicKey.length !== KEY_BYTES) throw new Error('peer public key has the wrong length');
+  const peer = await subtle().importKey('raw', peerPublicKey as BufferSource, { name: 'X25519' }, false, []);
+  const shared = await subtle().deriveBits({ name: 'X25519', public: peer }, own.privateKey, 256);
+  const ikm = await subtle().importKey('raw', shared, 'HKDF', false, ['deriveKey']);
+  return subtle().deriveKey(
+    {
+      name: 'HKDF',
+      hash: 'SHA-256',
+      salt: sessionId as BufferSource,
+      info: concat(enc.encode('roam/1 session'), clientPublicKey, serverPublicKey) as BufferSource,
+    },
+    ikm,
+    { name: 'HMAC', hash: 'SHA-256', length: 256 },
+    false,
+    ['sign', 'verify'],
+  );
+}
+
+/** HMAC-SHA256 over a domain label and the given parts. */
+export async function mac(key: SessionKey, label: string, ...parts: Uint8Array[]): Promise<Uint8Array> {
+  const sig = await subtle().sign('HMAC', key, concat(enc.encode(label), ...parts) as BufferSource);
+  return new Uint8Array(sig);
+}
+
+/** Constant-time verification (WebCrypto's verify compares in constant time). */
+export async function verifyMac(
+  key: SessionKey,
+  tag: Uint8Array,
+  label: string,
+  ...parts: Uint8Array[]
+): Promise<boolean> {
+  if (tag.length !== MAC_BYTES) return false;
+  return subtle().verify('HMAC', key, tag as BufferSource, concat(enc.encode(label), ...parts) as BufferSource);
+}
+
+export function u64Bytes(n: number): Uint8Array {
+  const b = new Uint8Array(8);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, Math.floor(n / 0x100000000));
+  v.setUint32(4, n >>> 0);
+  return b;
+}
+
+export function u32Bytes(n: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n >>> 0);
+  return b;
+}
+
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+export function toHex(b: Uint8Array): string {
+  let s = '';
+  for (const x of b) s += x.toString(16).padStart(2, '0');
+  return s;
+}
+
+export function fromHex(s: string): Uint8Array {
+  if (!/^([0-9a-f]{2})*$/i.test(s)) throw new Error('not a hex string');
+  const b = new Uint8Array(s.length / 2);
+  for (let i = 0; i < b.length; i++) b[i] = Number.parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  return b;
+}
+
+/** Labels that separate the MAC domains, so a proof for one purpose never verifies for another. */
+export const Labels = {
+  welcome: 'roam/1 welcome',
+  resume: 'roam/1 resume',
+  resumed: 'roam/1 resumed',
+  move: 'roam/1 move',
+} as const;

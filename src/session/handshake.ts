@@ -1,0 +1,206 @@
+import {
+  type Frame,
+  FrameType,
+  type HelloFrame,
+  ProtocolError,
+  type ResumeFrame,
+  RoamError,
+} from '../wire/index.js';
+import type { Clock } from './clock.js';
+import type { FramedConnection } from './connection.js';
+import {
+  deriveSessionKey,
+  generateEphemeralKey,
+  Labels,
+  mac,
+  newNonce,
+  newSessionId,
+  type SessionKey,
+  u32Bytes,
+  u64Bytes,
+  verifyMac,
+} from './crypto.js';
+
+const enc = new TextEncoder();
+
+/** What a client learns from a successful HELLO/WELCOME exchange. */
+export interface Established {
+  sessionId: Uint8Array;
+  key: SessionKey;
+  heartbeatMs: number;
+  sessionTtlMs: number;
+}
+
+/** Turns an ERROR/CLOSE frame received during a handshake into a typed error. */
+function refused(f: Frame): RoamError | undefined {
+  if (f.type === FrameType.ERROR) return new RoamError(f.code, f.message);
+  if (f.type === FrameType.CLOSE) return new RoamError(f.code, f.reason || 'closed by server');
+  return undefined;
+}
+
+/** Waits for a frame of one of `types`, skipping CHALLENGE frames nobody asked for. */
+async function expect<T extends Frame['type']>(
+  conn: FramedConnection,
+  clock: Clock,
+  timeoutMs: number,
+  types: readonly T[],
+): Promise<Extract<Frame, { type: T }>> {
+  for (;;) {
+    const f = await conn.nextFrame(timeoutMs, clock);
+    const err = refused(f);
+    if (err) throw err;
+    if ((types as readonly number[]).includes(f.type)) return f as Extract<Frame, { type: T }>;
+    if (f.type === FrameType.CHALLENGE) continue;
+    throw new ProtocolError('UNEXPECTED_FRAME', `handshake expected frame ${types.join('/')}, got ${f.type}`);
+  }
+}
+
+/** Client: opens a new session. HELLO goes out at once, without waiting for the server's CHALLENGE. */
+export async function clientHello(
+  conn: FramedConnection,
+  clock: Clock,
+  timeoutMs: number,
+  service: string,
+  key: string | undefined,
+): Promise<Established> {
+  const eph = await generateEphemeralKey();
+  conn.writeFrame({ type: FrameType.HELLO, publicKey: eph.publicKey, service, key });
+  const w = await expect(conn, clock, timeoutMs, [FrameType.WELCOME]);
+  let sessionKey: SessionKey;
+  try {
+    sessionKey = await deriveSessionKey(eph, w.publicKey, w.sessionId, eph.publicKey, w.publicKey);
+  } catch (cause) {
+    throw new RoamError('HANDSHAKE_FAILED', 'server public key rejected', { cause });
+  }
+  if (!(await verifyMac(sessionKey, w.confirm, Labels.welcome, w.sessionId))) {
+    throw new RoamError('HANDSHAKE_FAILED', 'server did not prove it derived the session key');
+  }
+  return { sessionId: w.sessionId, key: sessionKey, heartbeatMs: w.heartbeatMs, sessionTtlMs: w.sessionTtlMs };
+}
+
+/**
+ * Client: proves possession of the session key on a new transport. Answers the server's fresh
+ * nonce, and checks the server's own proof over our nonce so an impostor cannot fake RESUMED.
+ * Returns the server's last received seq.
+ */
+export async function clientResume(
+  conn: FramedConnection,
+  clock: Clock,
+  timeoutMs: number,
+  sessionId: Uint8Array,
+  key: SessionKey,
+  lastSeq: number,
+): Promise<number> {
+  const ch = await expect(conn, clock, timeoutMs, [FrameType.CHALLENGE]);
+  const clientNonce = newNonce();
+  const proof = await mac(key, Labels.resume, ch.nonce, sessionId, u64Bytes(lastSeq));
+  conn.writeFrame({ type: FrameType.RESUME, sessionId, nonce: ch.nonce, lastSeq, clientNonce, mac: proof });
+  const r = await expect(conn, clock, timeoutMs, [FrameType.RESUMED]);
+  if (!(await verifyMac(key, r.mac, Labels.resumed, clientNonce, sessionId, u64Bytes(r.lastSeq)))) {
+    throw new RoamError('HANDSHAKE_FAILED', 'server could not prove it holds the session key');
+  }
+  return r.lastSeq;
+}
+
+/** Server: the first frame of a new transport after our CHALLENGE. */
+export type Opening =
+  | { kind: 'hello'; hello: HelloFrame }
+  | { kind: 'resume'; resume: ResumeFrame; challenge: Uint8Array; challengedAt: number };
+
+/** Server: sends a fresh CHALLENGE and waits for HELLO or RESUME. */
+export async function serverOpen(conn: FramedConnection, clock: Clock, timeoutMs: number): Promise<Opening> {
+  const nonce = newNonce();
+  const challengedAt = clock.now();
+  conn.writeFrame({ type: FrameType.CHALLENGE, nonce });
+  const f = await conn.nextFrame(timeoutMs, clock);
+  if (f.type === FrameType.HELLO) return { kind: 'hello', hello: f };
+  if (f.type === FrameType.RESUME) return { kind: 'resume', resume: f, challenge: nonce, challengedAt };
+  throw new ProtocolError('UNEXPECTED_FRAME', `expected HELLO or RESUME, got frame type ${f.type}`);
+}
+
+/** Server: answers a HELLO. Sends WELCOME; returns the new session's id and key. */
+export async function serverWelcome(
+  conn: FramedConnection,
+  hello: HelloFrame,
+  params: { heartbeatMs: number; sessionTtlMs: number },
+): Promise<{ sessionId: Uint8Array; key: SessionKey }> {
+  const eph = await generateEphemeralKey();
+  const sessionId = newSessionId();
+  let key: SessionKey;
+  try {
+    key = await deriveSessionKey(eph, hello.publicKey, sessionId, hello.publicKey, eph.publicKey);
+  } catch (cause) {
+    throw new RoamError('HANDSHAKE_FAILED', 'client public key rejected', { cause });
+  }
+  const confirm = await mac(key, Labels.welcome, sessionId);
+  conn.writeFrame({
+    type: FrameType.WELCOME,
+    sessionId,
+    publicKey: eph.publicKey,
+    heartbeatMs: params.heartbeatMs,
+    sessionTtlMs: Math.min(params.sessionTtlMs, 0xffffffff),
+    confirm,
+  });
+  return { sessionId, key };
+}
+
+/**
+ * Server: checks a RESUME against the challenge issued on this transport. Order matters: the
+ * cheap replay and staleness checks come first, the MAC last, and none of them touches the session.
+ * Throws RoamError with RESUME_REPLAYED, RESUME_STALE or RESUME_PROOF_INVALID.
+ */
+export async function verifyResume(
+  opening: Extract<Opening, { kind: 'resume' }>,
+  key: SessionKey,
+  now: number,
+  challengeTtlMs: number,
+): Promise<void> {
+  const { resume, challenge, challengedAt } = opening;
+  if (!equalBytes(resume.nonce, challenge)) {
+    throw new RoamError('RESUME_REPLAYED', 'resume proof answers a challenge not issued on this transport');
+  }
+  if (now - challengedAt > challengeTtlMs) {
+    throw new RoamError('RESUME_STALE', `challenge older than ${challengeTtlMs} ms`);
+  }
+  if (!(await verifyMac(key, resume.mac, Labels.resume, resume.nonce, resume.sessionId, u64Bytes(resume.lastSeq)))) {
+    throw new RoamError('RESUME_PROOF_INVALID', 'resume proof does not verify');
+  }
+}
+
+/** Server: confirms a verified resume, proving key possession over the client's nonce. */
+export async function serverResumed(
+  conn: FramedConnection,
+  key: SessionKey,
+  resume: ResumeFrame,
+  lastReceivedSeq: number,
+): Promise<void> {
+  const proof = await mac(key, Labels.resumed, resume.clientNonce, resume.sessionId, u64Bytes(lastReceivedSeq));
+  conn.writeFrame({ type: FrameType.RESUMED, lastSeq: lastReceivedSeq, mac: proof });
+}
+
+/** MAC for a MOVE frame. The moveId must increase, so a captured MOVE cannot be replayed. */
+export function moveMac(
+  key: SessionKey,
+  sessionId: Uint8Array,
+  moveId: number,
+  url: string,
+  token: Uint8Array,
+): Promise<Uint8Array> {
+  return mac(key, Labels.move, sessionId, u32Bytes(moveId), u32Bytes(enc.encode(url).length), enc.encode(url), token);
+}
+
+export async function verifyMove(
+  key: SessionKey,
+  sessionId: Uint8Array,
+  f: Extract<Frame, { type: typeof FrameType.MOVE }>,
+): Promise<boolean> {
+  const u = enc.encode(f.url);
+  return verifyMac(key, f.mac, Labels.move, sessionId, u32Bytes(f.moveId), u32Bytes(u.length), u, f.token);
+}
+
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d |= (a[i] as number) ^ (b[i] as number);
+  return d === 0;
+}

@@ -1,0 +1,54 @@
+import type { IncomingMessage } from 'node:http';
+import { WebSocket } from 'ws';
+import { BaseTransport } from '../session/index.js';
+
+/** A `ws` WebSocket (either side) as a roam Transport. Binary messages only. */
+export class WsTransport extends BaseTransport {
+  readonly kind = 'ws';
+  private killTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly ws: WebSocket,
+    readonly remoteAddress: string | undefined,
+  ) {
+    super();
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      if (!isBinary) {
+        this.closed(new Error('text WebSocket message on a binary protocol'));
+        ws.terminate();
+        return;
+      }
+      this.deliver(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    });
+    ws.on('close', () => {
+      if (this.killTimer) clearTimeout(this.killTimer);
+      this.closed();
+    });
+    ws.on('error', (err) => this.closed(err));
+  }
+
+  get bufferedAmount(): number {
+    return this.ws.bufferedAmount;
+  }
+
+  send(bytes: Uint8Array): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(bytes);
+  }
+
+  close(): void {
+    if (this.isClosed) return;
+    this.closed();
+    if (this.ws.readyState === WebSocket.CONNECTING) {
+      this.ws.terminate();
+      return;
+    }
+    this.ws.close(1000);
+    // A dead peer never answers the closing handshake; don't hold the socket for ws' 30 s default.
+    this.killTimer = setTimeout(() => this.ws.terminate(), 2000);
+    this.killTimer.unref();
+  }
+}
+
+export function remoteOf(req: IncomingMessage): string | undefined {
+  return req.socket.remoteAddress;
+}
