@@ -82,7 +82,7 @@ const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
   'RESUME_PROOF_INVALID',
   'HANDSHAKE_FAILED',
   'UNKNOWN_SERVICE',
-  'RESUME_STALE',
+  'RESUME_SEQ_INVALID',
 ]);
 const FATAL_ON_HELLO: ReadonlySet<CodeName> = new Set<CodeName>(['UNKNOWN_SERVICE', 'HANDSHAKE_FAILED', 'OVERLOADED']);
 
@@ -116,6 +116,8 @@ export class Session extends Emitter<SessionEvents> {
   private readonly maxDelayMs: number;
   private readonly connectTimeoutMs: number;
   private readonly maxFrameBytes: number;
+  /** The server may send its whole replay window before we finish verifying WELCOME/RESUMED. */
+  private readonly maxQueuedBytes: number;
   private lastMoveId = 0;
   private wakeTimer: TimerHandle | undefined;
   private wake: (() => void) | undefined;
@@ -141,6 +143,7 @@ export class Session extends Emitter<SessionEvents> {
     this.maxDelayMs = opts.reconnect?.maxDelayMs ?? 5000;
     this.connectTimeoutMs = opts.reconnect?.connectTimeoutMs ?? 30_000;
     this.maxFrameBytes = opts.engine?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.maxQueuedBytes = this.maxFrameBytes + (opts.engine?.maxReplayBytes ?? 4 * 1024 * 1024);
     this.engine = new SessionEngine({ ...opts.engine, clock: this.clock });
     this.ready = new Promise<void>((resolve, reject) => {
       this.resolveReady = resolve;
@@ -265,7 +268,10 @@ export class Session extends Emitter<SessionEvents> {
       let conn: FramedConnection | undefined;
       try {
         const transport = await this.connector(this._url, { localAddress: this.localAddress });
-        conn = new FramedConnection(transport, { maxFrameBytes: this.maxFrameBytes });
+        conn = new FramedConnection(transport, {
+          maxFrameBytes: this.maxFrameBytes,
+          maxQueuedBytes: this.maxQueuedBytes,
+        });
         this.connecting = conn;
         if (this._state !== 'connecting') {
           conn.abort();
@@ -280,11 +286,12 @@ export class Session extends Emitter<SessionEvents> {
         this._id = est.sessionId;
         this.key = est.key;
         this.sessionTtlMs = est.sessionTtlMs;
-        this.engine.attach(conn, 0);
         this._state = 'open';
         this.attempt = 0;
         this.resolveReady();
         this.publish({ type: 'open', sessionId: toHex(est.sessionId) });
+        // After `open`, so messages that arrived with WELCOME reach listeners set up on open.
+        this.engine.attach(conn, 0);
         return;
       } catch (err) {
         this.connecting = undefined;
@@ -324,7 +331,10 @@ export class Session extends Emitter<SessionEvents> {
       let conn: FramedConnection | undefined;
       try {
         const transport = await this.connector(this._url, { localAddress: this.localAddress });
-        conn = new FramedConnection(transport, { maxFrameBytes: this.maxFrameBytes });
+        conn = new FramedConnection(transport, {
+          maxFrameBytes: this.maxFrameBytes,
+          maxQueuedBytes: this.maxQueuedBytes,
+        });
         this.connecting = conn;
         if (this._state !== 'suspended') {
           conn.abort();

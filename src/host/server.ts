@@ -204,14 +204,17 @@ export class SessionServer {
     const session = new ServerSession(sessionId, hello.service, hello.key, engine, key);
     this.sessions.set(session.id, session);
     engine.on('event', (ev) => this.onSessionEvent(session, ev));
-    engine.attach(conn, 0);
-    this.log.debug({ session: session.id, service: hello.service, remote: session.remoteAddress }, 'session open');
+    // open() first: it registers the service's listeners before queued frames are delivered.
     try {
       handler.open(session);
     } catch (err) {
       this.log.error({ session: session.id, err: (err as Error).message }, 'service open() threw');
       engine.lose('INTERNAL', 'service failed to open the session');
+      conn.close('INTERNAL', 'service failed to open the session', true);
+      return;
     }
+    engine.attach(conn, 0);
+    this.log.debug({ session: session.id, service: hello.service, remote: session.remoteAddress }, 'session open');
   }
 
   private async onResume(conn: FramedConnection, opening: Extract<Opening, { kind: 'resume' }>): Promise<void> {
@@ -227,6 +230,7 @@ export class SessionServer {
     if (session.state === 'lost' || session.state === 'closed') {
       throw new RoamError('UNKNOWN_SESSION', 'session ended during the handshake');
     }
+    session.engine.checkResumeClaim(opening.resume.lastSeq);
     const ourLast = session.engine.lastReceivedSeq;
     await serverResumed(conn, session.keyForResume, opening.resume, ourLast);
     this.counters.resumes++;

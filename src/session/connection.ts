@@ -39,14 +39,17 @@ export class FramedConnection {
   private finalErr: RoamError | undefined;
   private transportGone = false;
   private queue: Frame[] = [];
+  private queuedBytes = 0;
+  private readonly maxQueuedBytes: number;
   private waiter: (() => void) | undefined;
   private done = false;
   private readonly flushFn = (): void => this.flush();
 
   constructor(
     readonly transport: Transport,
-    opts: { maxFrameBytes?: number } = {},
+    opts: { maxFrameBytes?: number; maxQueuedBytes?: number } = {},
   ) {
+    this.maxQueuedBytes = opts.maxQueuedBytes ?? 64 * 1024;
     this.decoder = new FrameDecoder({ maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES });
     const frames: Frame[] = [];
     transport.bind({
@@ -90,6 +93,7 @@ export class FramedConnection {
     this.handler = h;
     const q = this.queue;
     this.queue = [];
+    this.queuedBytes = 0;
     for (const f of q) {
       if (this.handler !== h) {
         this.queue.push(f);
@@ -132,9 +136,13 @@ export class FramedConnection {
   }
 
   private enqueue(f: Frame): void {
-    // Bounded: a peer may not flood a connection that is still handshaking.
-    if (this.queue.length >= 1024) {
-      this.fail(new ProtocolError('UNEXPECTED_FRAME', 'too many frames before the handshake completed'));
+    // Bounded: a peer may not flood a connection that is still handshaking. A server may send up
+    // to its replay window right after WELCOME/RESUMED, so clients raise the bound to match.
+    this.queuedBytes += f.type === FrameType.DATA ? f.payload.length + 18 : 64;
+    if (this.queuedBytes > this.maxQueuedBytes) {
+      this.fail(
+        new ProtocolError('UNEXPECTED_FRAME', `more than ${this.maxQueuedBytes} bytes before the handshake completed`),
+      );
       return;
     }
     this.queue.push(f);

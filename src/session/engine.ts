@@ -205,19 +205,11 @@ export class SessionEngine extends Emitter<EngineEvents> {
 
   /**
    * Hands the session a freshly authenticated transport. `peerLastSeq` is the last seq the peer
-   * says it received from us; everything after it is retransmitted. Throws RESUME_STALE when the
+   * says it received from us; everything after it is retransmitted. Throws RESUME_SEQ_INVALID when the
    * claim is impossible (beyond what we sent, or behind what the peer already acknowledged).
    */
   attach(conn: FramedConnection, peerLastSeq: number): { replayed: number } {
-    if (this._state === 'lost' || this._state === 'closed') {
-      throw new RoamError('INVALID_STATE', `cannot attach: session is ${this._state}`);
-    }
-    if (peerLastSeq > this.sentSeq || peerLastSeq < this.peerAcked) {
-      throw new RoamError(
-        'RESUME_STALE',
-        `peer claims last seq ${peerLastSeq}; valid range is ${this.peerAcked}..${this.sentSeq}`,
-      );
-    }
+    this.checkResumeClaim(peerLastSeq);
     const previous = this.conn;
     if (previous && previous !== conn) {
       this.conn = undefined;
@@ -252,6 +244,19 @@ export class SessionEngine extends Emitter<EngineEvents> {
     }
     this.maybeDrain();
     return { replayed };
+  }
+
+  /** Throws unless a peer that says it received up to `peerLastSeq` can be resumed. */
+  checkResumeClaim(peerLastSeq: number): void {
+    if (this._state === 'lost' || this._state === 'closed') {
+      throw new RoamError('INVALID_STATE', `cannot attach: session is ${this._state}`);
+    }
+    if (peerLastSeq > this.sentSeq || peerLastSeq < this.peerAcked) {
+      throw new RoamError(
+        'RESUME_SEQ_INVALID',
+        `peer claims last seq ${peerLastSeq}; valid range is ${this.peerAcked}..${this.sentSeq}`,
+      );
+    }
   }
 
   /** The transport is gone; keep everything and wait for a resume. */

@@ -31,6 +31,7 @@ const LOST_REASONS: Partial<Record<CodeName, LostReason>> = {
   RESUME_PROOF_INVALID: 'auth_failed',
   RESUME_REPLAYED: 'auth_failed',
   RESUME_STALE: 'auth_failed',
+  RESUME_SEQ_INVALID: 'protocol_error',
   HANDSHAKE_FAILED: 'auth_failed',
   UNKNOWN_SERVICE: 'unknown_session',
   RECONNECT_EXHAUSTED: 'reconnect_exhausted',

@@ -1,11 +1,4 @@
-import {
-  type Frame,
-  FrameType,
-  type HelloFrame,
-  ProtocolError,
-  type ResumeFrame,
-  RoamError,
-} from '../wire/index.js';
+import { type Frame, FrameType, type HelloFrame, ProtocolError, type ResumeFrame, RoamError } from '../wire/index.js';
 import type { Clock } from './clock.js';
 import type { FramedConnection } from './connection.js';
 import {

@@ -13,6 +13,7 @@
  * Taking the max with the previous arrival keeps byte order: TCP is a stream,
  * so reordering chunks would corrupt data rather than emulate anything real.
  */
+import { once } from 'node:events';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 
@@ -84,6 +85,8 @@ class Pipe {
     const serialization = bandwidthBps ? (bytes * 8 * 1000) / bandwidthBps : 0;
     this.linkFree = Math.max(now, this.linkFree) + serialization;
     const jitter = jitterMs > 0 ? this.link.random() * jitterMs : 0;
+    // The FIFO queue alone already guarantees order (flush only ever takes the
+    // head); the max keeps the stamps honest so one timer for the head suffices.
     c.at = Math.max(this.lastAt, this.linkFree + delayMs + jitter);
     this.lastAt = c.at;
   }
@@ -102,9 +105,7 @@ class Pipe {
     this.schedule();
   }
 
-  private held(): number {
-    return this.queuedBytes + this.dst.writableLength;
-  }
+  private held = (): number => this.queuedBytes + this.dst.writableLength;
 
   private relieve(): void {
     if (this.paused && this.held() <= this.link.maxBufferedBytes) {
@@ -208,13 +209,8 @@ export class LinkEmulator {
     // allowHalfOpen: FINs are forwarded per direction through the queue, so one
     // side ending must not make node auto-end the other direction early.
     const server = net.createServer({ allowHalfOpen: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, listenHost, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    server.listen(0, listenHost);
+    await once(server, 'listening'); // rejects on a listen error
     return new LinkEmulator(server, target, link);
   }
 
