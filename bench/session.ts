@@ -18,7 +18,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { connect, type Session } from '../src/client/node.js';
-import { WsTransport } from '../src/transport/index.js';
+import { connectTransport, WsTransport } from '../src/transport/index.js';
 import { CONTROL_CHANNEL, readStamp, type SinkReply, writeStamp } from './session-sink.js';
 
 export interface SessionSuiteOptions {
@@ -92,6 +92,13 @@ export interface SessionResult {
     /** From `reconnectNow()` to the client's `resumed` event. */
     reconnect_to_resumed_p50: number;
     reconnect_to_resumed_p99: number;
+    /** Where the time goes, per trial (ms, p50/p99 of each phase); phases add up to p50/p99 only roughly. */
+    phases?: {
+      reconnect_to_connector_call: { p50: number; p99: number };
+      connector_call_to_transport_open: { p50: number; p99: number };
+      transport_open_to_resumed: { p50: number; p99: number };
+      resumed_to_echo: { p50: number; p99: number };
+    };
     /** Context, not a resume: raw ws, new WebSocket + open + one echo round trip. */
     ws_fresh_connect_echo_p50: number;
     ws_fresh_connect_echo_p99: number;
@@ -661,14 +668,31 @@ async function latency(sides: Side[], cfg: Config, diag: boolean): Promise<Sessi
 // ---------------------------------------------------------------------------------------------
 // 3. resume
 
-async function resumeTrial(
-  s: Session,
-  i: number,
-): Promise<{ toEcho: number; toResumed: number; gap: number; replayed: number }> {
+interface ResumeTrial {
+  toEcho: number;
+  toResumed: number;
+  gap: number;
+  replayed: number;
+  /** reconnectNow() -> the session asks its connector for a new transport. */
+  toConnect: number;
+  /** connector call -> transport open (TCP connect + WebSocket upgrade). */
+  connect: number;
+  /** transport open -> `resumed` (CHALLENGE / RESUME / RESUMED with their HMACs, then replay). */
+  handshake: number;
+  /** `resumed` -> echo delivered (replayed message to the server and its echo back). */
+  resumedToEcho: number;
+}
+
+/** Timestamps of the latest transport the timed connector opened. */
+interface ConnectTimes {
+  start: number;
+  open: number;
+}
+
+async function resumeTrial(s: Session, i: number, times: ConnectTimes): Promise<ResumeTrial> {
   const marker = new Uint8Array(16);
   new DataView(marker.buffer).setUint32(0, 0x524f414d); // "ROAM"
-  new DataView(marker.buffer).setUint32(4, i);
-  let t0 = 0;
+  new DataView(marker.buffer).setUint32(4, i >>> 0);
   const resumed = new Promise<{ at: number; gap: number; replayed: number }>((resolve) =>
     s.once('resumed', (ev) => resolve({ at: performance.now(), gap: ev.gapMs, replayed: ev.replayed })),
   );
@@ -681,11 +705,20 @@ async function resumeTrial(
     };
     s.on('message', onMessage);
   });
-  t0 = performance.now();
+  const t0 = performance.now();
   s.reconnectNow();
   s.send(marker);
   const [ev, echoAt] = await withTimeout(Promise.all([resumed, echoed]), 10_000, `resume trial ${i}`);
-  return { toEcho: echoAt - t0, toResumed: ev.at - t0, gap: ev.gap, replayed: ev.replayed };
+  return {
+    toEcho: echoAt - t0,
+    toResumed: ev.at - t0,
+    gap: ev.gap,
+    replayed: ev.replayed,
+    toConnect: times.start - t0,
+    connect: times.open - times.start,
+    handshake: ev.at - times.open,
+    resumedToEcho: echoAt - ev.at,
+  };
 }
 
 async function wsFreshEcho(wsUrl: string): Promise<number> {
@@ -699,46 +732,86 @@ async function wsFreshEcho(wsUrl: string): Promise<number> {
 }
 
 async function resume(roamUrl: string, wsUrl: string | undefined, cfg: Config): Promise<SessionResult['resume_ms']> {
-  const s = connect(roamUrl, { service: 'echo' });
+  // roam's own ws connector, timed: the same call node.ts makes by default (no TLS here).
+  const times: ConnectTimes = { start: 0, open: 0 };
+  const s = connect(roamUrl, {
+    service: 'echo',
+    connector: async (url, o) => {
+      times.start = performance.now();
+      const t = await connectTransport(url, { localAddress: o.localAddress });
+      times.open = performance.now();
+      return t;
+    },
+  });
   s.on('warning', () => {});
   try {
     await withTimeout(s.ready, 10_000, 'roam echo session');
-    for (let i = 0; i < 5; i++) await resumeTrial(s, -1 - i); // warm-up
+    for (let i = 0; i < 5; i++) await resumeTrial(s, -1 - i, times); // warm-up
     if (wsUrl) for (let i = 0; i < 5; i++) await wsFreshEcho(wsUrl);
-    const toEcho: number[] = [];
-    const toResumed: number[] = [];
-    const gaps: number[] = [];
-    const replayed: number[] = [];
+    const trials: ResumeTrial[] = [];
     const fresh: number[] = [];
     for (let i = 0; i < cfg.resumeTrials; i++) {
-      const r = await resumeTrial(s, i);
-      toEcho.push(r.toEcho);
-      toResumed.push(r.toResumed);
-      gaps.push(r.gap);
-      replayed.push(r.replayed);
+      trials.push(await resumeTrial(s, i, times));
       if (wsUrl) fresh.push(await wsFreshEcho(wsUrl));
     }
-    const sorted = (xs: number[]): number[] => [...xs].sort((a, b) => a - b);
-    const e = sorted(toEcho);
-    const g = sorted(gaps);
-    const rr = sorted(toResumed);
-    const f = sorted(fresh);
-    const res = {
-      p50: round(pct(e, 50), 3),
-      p99: round(pct(e, 99), 3),
+    const q = (xs: number[], p: number): number =>
+      round(
+        pct(
+          [...xs].sort((a, b) => a - b),
+          p,
+        ),
+        3,
+      );
+    const col = (f: (t: ResumeTrial) => number): number[] => trials.map(f);
+    const phase = (f: (t: ResumeTrial) => number): { p50: number; p99: number } => ({
+      p50: q(col(f), 50),
+      p99: q(col(f), 99),
+    });
+    const res: SessionResult['resume_ms'] = {
+      p50: q(
+        col((t) => t.toEcho),
+        50,
+      ),
+      p99: q(
+        col((t) => t.toEcho),
+        99,
+      ),
       definition:
         'client-side wall time from Session.reconnectNow() to delivery of the echo of a message sent right after it (queued while suspended, replayed on the new transport)',
-      resumed_gap_p50: round(pct(g, 50), 3),
-      resumed_gap_p99: round(pct(g, 99), 3),
-      reconnect_to_resumed_p50: round(pct(rr, 50), 3),
-      reconnect_to_resumed_p99: round(pct(rr, 99), 3),
-      ws_fresh_connect_echo_p50: round(pct(f, 50), 3),
-      ws_fresh_connect_echo_p99: round(pct(f, 99), 3),
-      replayed_per_resume: [...new Set(replayed)].sort((a, b) => a - b),
+      resumed_gap_p50: q(
+        col((t) => t.gap),
+        50,
+      ),
+      resumed_gap_p99: q(
+        col((t) => t.gap),
+        99,
+      ),
+      reconnect_to_resumed_p50: q(
+        col((t) => t.toResumed),
+        50,
+      ),
+      reconnect_to_resumed_p99: q(
+        col((t) => t.toResumed),
+        99,
+      ),
+      phases: {
+        reconnect_to_connector_call: phase((t) => t.toConnect),
+        connector_call_to_transport_open: phase((t) => t.connect),
+        transport_open_to_resumed: phase((t) => t.handshake),
+        resumed_to_echo: phase((t) => t.resumedToEcho),
+      },
+      ws_fresh_connect_echo_p50: q(fresh, 50),
+      ws_fresh_connect_echo_p99: q(fresh, 99),
+      replayed_per_resume: [...new Set(col((t) => t.replayed))].sort((a, b) => a - b),
       trials: cfg.resumeTrials,
     };
     progress(
       `resume: reconnectNow->echo p50 ${res.p50} ms p99 ${res.p99} ms; resumed.gapMs p50 ${res.resumed_gap_p50} ms p99 ${res.resumed_gap_p99} ms; ws fresh connect+echo p50 ${res.ws_fresh_connect_echo_p50} ms`,
+    );
+    progress(
+      `resume phases p50 (ms): ${Object.entries(res.phases ?? {})
+        .map(([k, v]) => `${k} ${v.p50}`)
+        .join(', ')}`,
     );
     return res;
   } finally {

@@ -1,0 +1,236 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { type Connector, connect } from '../src/client/node.js';
+import {
+  type Clock,
+  clientHello,
+  clientResume,
+  FramedConnection,
+  fromHex,
+  Labels,
+  ManualClock,
+  mac,
+  newNonce,
+  randomBytes,
+  type Transport,
+  u64Bytes,
+} from '../src/session/index.js';
+import { connectTransport } from '../src/transport/index.js';
+import { encodeFrame, type Frame, FrameDecoder, FrameType, RoamError } from '../src/wire/index.js';
+import { nextEvent, recordingConnector, startTestServer } from './support/server.js';
+
+const dec = new TextDecoder();
+const clock: Clock = new ManualClock();
+
+/** A raw connection that reads the server's CHALLENGE. */
+async function rawOpen(url: string): Promise<{ conn: FramedConnection; challenge: Uint8Array }> {
+  const conn = new FramedConnection(await connectTransport(url));
+  const f = await conn.nextFrame(5000, clock);
+  assert.equal(f.type, FrameType.CHALLENGE);
+  return { conn, challenge: (f as Extract<Frame, { type: typeof FrameType.CHALLENGE }>).nonce };
+}
+
+/** Expects the server to answer with ERROR `code` and close. */
+async function expectRefusal(conn: FramedConnection, code: string): Promise<void> {
+  const f = await conn.nextFrame(5000, clock);
+  assert.equal(f.type, FrameType.ERROR, `expected ERROR ${code}, got frame type ${f.type}`);
+  assert.equal((f as Extract<Frame, { type: typeof FrameType.ERROR }>).code, code);
+  await assert.rejects(conn.nextFrame(5000, clock), (e: unknown) => e instanceof RoamError);
+}
+
+async function echoRoundTrip(s: ReturnType<typeof connect>, text: string): Promise<void> {
+  const got = new Promise<string>((r) => s.once('message', (d) => r(dec.decode(d))));
+  s.send(text);
+  assert.equal(await got, text);
+}
+
+describe('resume authentication', () => {
+  it('refuses forged and replayed proofs with their codes; the genuine session is untouched', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    const rec = recordingConnector();
+    const s = connect(srv.ws, { service: 'echo', connector: rec, reconnect: { initialDelayMs: 5 } });
+    t.after(() => s.close());
+    await s.ready;
+    const id = fromHex(s.id as string);
+    await echoRoundTrip(s, 'one');
+
+    // Forged: right session id, fresh nonce, MAC not made with the session key.
+    const forged = await rawOpen(srv.ws);
+    forged.conn.writeFrame({
+      type: FrameType.RESUME,
+      sessionId: id,
+      nonce: forged.challenge,
+      lastSeq: 0,
+      clientNonce: newNonce(),
+      mac: randomBytes(32),
+    });
+    await expectRefusal(forged.conn, 'RESUME_PROOF_INVALID');
+    assert.equal(s.state, 'open');
+    await echoRoundTrip(s, 'two');
+
+    // Replayed: capture the genuine client's RESUME and send it again on another transport.
+    const resumed = nextEvent(s, 'resumed');
+    s.reconnectNow();
+    await resumed;
+    const second = rec.sent[1] ?? [];
+    const d = new FrameDecoder();
+    const captured = second.flatMap((b) => d.push(b)).find((f) => f.type === FrameType.RESUME);
+    assert.ok(captured, 'the genuine client sent a RESUME');
+    const replay = await rawOpen(srv.ws);
+    replay.conn.write(encodeFrame(captured));
+    await expectRefusal(replay.conn, 'RESUME_REPLAYED');
+    await echoRoundTrip(s, 'three');
+
+    // Unknown session id.
+    const unknown = await rawOpen(srv.tcp);
+    unknown.conn.writeFrame({
+      type: FrameType.RESUME,
+      sessionId: randomBytes(16),
+      nonce: unknown.challenge,
+      lastSeq: 0,
+      clientNonce: newNonce(),
+      mac: randomBytes(32),
+    });
+    await expectRefusal(unknown.conn, 'UNKNOWN_SESSION');
+
+    // The real client still resumes afterwards, and nothing was lost or duplicated.
+    const again = nextEvent(s, 'resumed');
+    s.reconnectNow();
+    s.send('four');
+    await again;
+    await new Promise<void>((r) => s.once('message', () => r()));
+    assert.equal(s.stats.duplicatesDropped, 0);
+    assert.deepEqual(srv.server.counters.refused.get('RESUME_PROOF_INVALID'), 1);
+    assert.deepEqual(srv.server.counters.refused.get('RESUME_REPLAYED'), 1);
+  });
+
+  it('refuses a genuine proof for an expired challenge (RESUME_STALE) and an impossible seq claim', async (t) => {
+    const serverClock = new ManualClock();
+    const srv = await startTestServer({ clock: serverClock, challengeTtlMs: 10_000, handshakeTimeoutMs: 60_000 });
+    t.after(() => srv.close());
+
+    // A hand-driven client, so the test holds the session key and can make genuine proofs.
+    const first = new FramedConnection(await connectTransport(srv.tcp));
+    const est = await clientHello(first, clock, 5000, 'echo', undefined);
+
+    const late = await rawOpen(srv.tcp);
+    serverClock.advance(10_001);
+    late.conn.writeFrame({
+      type: FrameType.RESUME,
+      sessionId: est.sessionId,
+      nonce: late.challenge,
+      lastSeq: 0,
+      clientNonce: newNonce(),
+      mac: await mac(est.key, Labels.resume, late.challenge, est.sessionId, u64Bytes(0)),
+    });
+    await expectRefusal(late.conn, 'RESUME_STALE');
+
+    const greedy = await rawOpen(srv.tcp);
+    greedy.conn.writeFrame({
+      type: FrameType.RESUME,
+      sessionId: est.sessionId,
+      nonce: greedy.challenge,
+      lastSeq: 999,
+      clientNonce: newNonce(),
+      mac: await mac(est.key, Labels.resume, greedy.challenge, est.sessionId, u64Bytes(999)),
+    });
+    await expectRefusal(greedy.conn, 'RESUME_SEQ_INVALID');
+
+    // The genuine holder resumes on a new transport.
+    const next = new FramedConnection(await connectTransport(srv.tcp));
+    const serverLast = await clientResume(next, clock, 5000, est.sessionId, est.key, 0);
+    assert.equal(serverLast, 0);
+    next.abort();
+    first.abort();
+  });
+});
+
+describe('MOVE authentication', () => {
+  /** Wraps a connector so the test can inject bytes into the client's inbound stream (ws keeps frame boundaries). */
+  function injectingConnector(): Connector & { inject(b: Uint8Array): void; received: Uint8Array[] } {
+    let deliver: ((b: Uint8Array) => void) | undefined;
+    const received: Uint8Array[] = [];
+    const c = Object.assign(
+      async (url: string): Promise<Transport> => {
+        const t = await connectTransport(url);
+        const bind = t.bind.bind(t);
+        t.bind = (h) => {
+          deliver = h.data;
+          bind({
+            data: (b) => {
+              received.push(b.slice());
+              h.data(b);
+            },
+            close: h.close,
+          });
+        };
+        return t;
+      },
+      { inject: (b: Uint8Array) => deliver?.(b), received },
+    );
+    return c;
+  }
+
+  it('follows a genuine MOVE to another endpoint and ignores forged or replayed ones', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    const inj = injectingConnector();
+    const other = await srv.server.listen('ws://127.0.0.1:0');
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector: inj });
+    t.after(() => s.close());
+    const warnings: RoamError[] = [];
+    let onWarning = (): void => {};
+    s.on('warning', (w) => {
+      warnings.push(w);
+      onWarning();
+    });
+    const warningCount = (n: number): Promise<void> =>
+      new Promise((r) => {
+        onWarning = () => warnings.length >= n && r();
+        onWarning();
+      });
+    await s.ready;
+
+    const forgedMove = encodeFrame({
+      type: FrameType.MOVE,
+      moveId: 1,
+      url: 'ws://127.0.0.1:9/evil',
+      token: new Uint8Array(0),
+      mac: randomBytes(32),
+    });
+    inj.inject(forgedMove);
+    await warningCount(1);
+    await echoRoundTrip(s, 'still here');
+    assert.equal(s.url, srv.ws);
+    assert.deepEqual(
+      warnings.map((w) => w.code),
+      ['MOVE_INVALID'],
+    );
+
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+    const moved = nextEvent(s, 'moved');
+    const resumed = nextEvent(s, 'resumed');
+    assert.equal(await serverSide.move(other.url), true);
+    assert.equal((await moved).url, other.url);
+    await resumed;
+    assert.equal(s.url, other.url);
+    await echoRoundTrip(s, 'at the new endpoint');
+
+    // A captured genuine MOVE, replayed later, is refused: its moveId is not newer.
+    const d = new FrameDecoder();
+    const genuine = inj.received.flatMap((b) => d.push(b)).find((f) => f.type === FrameType.MOVE);
+    assert.ok(genuine);
+    const back = { ...genuine, url: srv.ws };
+    inj.inject(encodeFrame(genuine));
+    inj.inject(encodeFrame(back));
+    await warningCount(3);
+    await echoRoundTrip(s, 'not moved again');
+    assert.equal(s.url, other.url);
+    assert.deepEqual(
+      warnings.map((w) => w.code),
+      ['MOVE_INVALID', 'MOVE_INVALID', 'MOVE_INVALID'],
+    );
+  });
+});
