@@ -210,12 +210,15 @@ function progress(msg: string): void {
   process.stderr.write(`  ${msg}\n`);
 }
 
+/** Rejects once the server child dies unexpectedly, so every wait below fails fast instead of hanging. */
+let serverGone: Promise<never> = new Promise<never>(() => {});
+
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const t = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
   });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+  return Promise.race([p, t, serverGone]).finally(() => clearTimeout(timer));
 }
 
 /** Waits for control replies of a given type, in order. An `error` reply fails every waiter. */
@@ -262,9 +265,14 @@ async function startServer(diag: boolean): Promise<ServerChild> {
     stdio: ['pipe', 'pipe', 'inherit', 'ipc'],
     env: { ...process.env, BENCH_DIAG: diag ? '1' : '0' },
   });
+  let stopping = false;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
+  serverGone = exited.then(({ code, signal }) => {
+    throw new Error(`server child exited ${stopping ? 'during shutdown' : 'unexpectedly'} (${code ?? signal})`);
+  });
+  serverGone.catch(() => {});
   const stdout = child.stdout;
   if (!stdout) throw new Error('server child has no stdout');
   const line = await withTimeout(
@@ -295,6 +303,7 @@ async function startServer(diag: boolean): Promise<ServerChild> {
     wsUrl: info.ws,
     child,
     async stop() {
+      stopping = true;
       if (child.exitCode === null && child.signalCode === null) {
         if (child.connected) child.send({ type: 'shutdown' });
         child.stdin?.end();

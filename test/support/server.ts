@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Connector } from '../../src/client/index.js';
 import { builtinServices, SessionServer, type SessionServerOptions, silentLogger } from '../../src/host/index.js';
-import type { Transport } from '../../src/session/index.js';
+import type { SessionEvent, Transport } from '../../src/session/index.js';
 import { type ConnectTransportOptions, connectTransport, type ListenOptions } from '../../src/transport/index.js';
 import { RoamError } from '../../src/wire/index.js';
 
@@ -100,17 +100,23 @@ export async function selfSignedCert(dir: string): Promise<{ key: string; cert: 
   return { key: await readFile(keyPath, 'utf8'), cert: await readFile(certPath, 'utf8') };
 }
 
-/** Resolves on the first event of `type` that satisfies `pred`. */
-export function nextEvent<E extends { type: string }, T extends E['type']>(
-  emitter: { on(ev: 'event', fn: (e: E) => void): unknown; off(ev: 'event', fn: (e: E) => void): unknown },
+/** Anything that emits session lifecycle events: a client Session or a ServerSession. */
+export interface EventSource {
+  on(ev: 'event', fn: (e: SessionEvent) => void): unknown;
+  off(ev: 'event', fn: (e: SessionEvent) => void): unknown;
+}
+
+/** Resolves on the first lifecycle event of `type` that satisfies `pred`. */
+export function nextEvent<T extends SessionEvent['type']>(
+  emitter: EventSource,
   type: T,
-  pred: (e: Extract<E, { type: T }>) => boolean = () => true,
-): Promise<Extract<E, { type: T }>> {
+  pred: (e: Extract<SessionEvent, { type: T }>) => boolean = () => true,
+): Promise<Extract<SessionEvent, { type: T }>> {
   return new Promise((resolve) => {
-    const fn = (e: E): void => {
-      if (e.type === type && pred(e as Extract<E, { type: T }>)) {
+    const fn = (e: SessionEvent): void => {
+      if (e.type === type && pred(e as Extract<SessionEvent, { type: T }>)) {
         emitter.off('event', fn);
-        resolve(e as Extract<E, { type: T }>);
+        resolve(e as Extract<SessionEvent, { type: T }>);
       }
     };
     emitter.on('event', fn);
