@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { it } from 'node:test';
 
@@ -22,7 +22,20 @@ const ALLOWED: Record<string, readonly string[]> = {
   directory: ['wire', 'session', 'transport', 'store', 'bundle', 'policy'],
   gateway: ['wire', 'session', 'transport', 'store'],
   dashboard: ['wire'],
-  cli: ['wire', 'session', 'transport', 'client', 'service', 'host', 'directory', 'gateway', 'store', 'bundle', 'policy', 'dashboard'],
+  cli: [
+    'wire',
+    'session',
+    'transport',
+    'client',
+    'service',
+    'host',
+    'directory',
+    'gateway',
+    'store',
+    'bundle',
+    'policy',
+    'dashboard',
+  ],
 };
 
 /** Layers whose code must run in a browser: no Node built-ins, no Node-only packages. */
@@ -31,15 +44,20 @@ const BROWSER_ENTRY = join(SRC, 'client/index.ts');
 
 function files(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') && !e.name.endsWith('.test.ts') ? [join(dir, e.name)] : [],
+    e.isDirectory()
+      ? files(join(dir, e.name))
+      : e.name.endsWith('.ts') && !e.name.endsWith('.test.ts')
+        ? [join(dir, e.name)]
+        : [],
   );
 }
 
 function imports(file: string): string[] {
   const src = readFileSync(file, 'utf8');
-  return [...src.matchAll(/^\s*(?:import|export)\s[^'"]*?from\s+['"]([^'"]+)['"]/gm), ...src.matchAll(/import\(\s*['"]([^'"]+)['"]\s*\)/g)].map(
-    (m) => m[1] as string,
-  );
+  return [
+    ...src.matchAll(/^\s*(?:import|export)\s[^'"]*?from\s+['"]([^'"]+)['"]/gm),
+    ...src.matchAll(/import\(\s*['"]([^'"]+)['"]\s*\)/g),
+  ].map((m) => m[1] as string);
 }
 
 const layerOf = (file: string): string => relative(SRC, file).split('/')[0] as string;
@@ -68,7 +86,8 @@ it('every layer imports only the layers it may', () => {
 it('wire and session use no Node built-ins, packages or Buffer', () => {
   const violations: string[] = [];
   for (const file of files(SRC).filter((f) => BROWSER_SAFE.has(layerOf(f)))) {
-    for (const spec of imports(file)) if (!spec.startsWith('.')) violations.push(`${relative(SRC, file)} imports ${spec}`);
+    for (const spec of imports(file))
+      if (!spec.startsWith('.')) violations.push(`${relative(SRC, file)} imports ${spec}`);
     if (/\bBuffer\b/.test(readFileSync(file, 'utf8').replace(/\/\/.*$|\/\*[\s\S]*?\*\//gm, ''))) {
       violations.push(`${relative(SRC, file)} uses Buffer`);
     }

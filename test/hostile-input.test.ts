@@ -4,7 +4,7 @@ import { it } from 'node:test';
 import fc from 'fast-check';
 import { WebSocket } from 'ws';
 import { connect } from '../src/client/node.js';
-import { type CodeName, CODES, type Frame, FrameDecoder, FrameType, encodeFrame } from '../src/wire/index.js';
+import { CODES, type CodeName, encodeFrame, type Frame, FrameDecoder, FrameType } from '../src/wire/index.js';
 import { startTestServer } from './support/server.js';
 
 const dec = new TextDecoder();
@@ -44,15 +44,13 @@ it('garbage on the TCP entry point gets an ERROR with a known code, and other se
       fc.oneof(
         fc.uint8Array({ minLength: 1, maxLength: 2048 }),
         // A valid header followed by hostile payloads: the decoder's deeper paths.
-        fc
-          .tuple(fc.integer({ min: 1, max: 12 }), fc.uint8Array({ maxLength: 256 }))
-          .map(([type, p]) => {
-            const b = new Uint8Array(8 + p.length);
-            b.set([1, type, 0, 0], 0);
-            new DataView(b.buffer).setUint32(4, p.length);
-            b.set(p, 8);
-            return b;
-          }),
+        fc.tuple(fc.integer({ min: 1, max: 12 }), fc.uint8Array({ maxLength: 256 })).map(([type, p]) => {
+          const b = new Uint8Array(8 + p.length);
+          b.set([1, type, 0, 0], 0);
+          new DataView(b.buffer).setUint32(4, p.length);
+          b.set(p, 8);
+          return b;
+        }),
       ),
       async (bytes) => {
         const frames = await rawTcp(port, [bytes]);
@@ -69,21 +67,33 @@ it('garbage on the TCP entry point gets an ERROR with a known code, and other se
   // A frame announcing 4 GiB is refused from its header alone.
   const huge = new Uint8Array([1, FrameType.DATA, 0, 0, 0xff, 0xff, 0xff, 0xff]);
   const answer = await rawTcp(port, [huge]);
-  assert.equal((answer.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code, 'FRAME_TOO_LARGE');
+  assert.equal(
+    (answer.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code,
+    'FRAME_TOO_LARGE',
+  );
 
   // A HELLO for a service that does not exist.
   const hello = encodeFrame({ type: FrameType.HELLO, publicKey: new Uint8Array(32), service: 'nope' });
   const refused = await rawTcp(port, [hello]);
-  assert.equal((refused.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code, 'UNKNOWN_SERVICE');
+  assert.equal(
+    (refused.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code,
+    'UNKNOWN_SERVICE',
+  );
 
   // A HELLO whose public key is not a valid X25519 point (all zeros is the identity).
   const bad = encodeFrame({ type: FrameType.HELLO, publicKey: new Uint8Array(32), service: 'echo' });
   const badKey = await rawTcp(port, [bad]);
-  assert.equal((badKey.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code, 'HANDSHAKE_FAILED');
+  assert.equal(
+    (badKey.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code,
+    'HANDSHAKE_FAILED',
+  );
 
   // A connection that says nothing is closed after the handshake timeout.
   const silent = await rawTcp(port, []);
-  assert.equal((silent.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code, 'HANDSHAKE_TIMEOUT');
+  assert.equal(
+    (silent.find((f) => f.type === FrameType.ERROR) as { code: string } | undefined)?.code,
+    'HANDSHAKE_TIMEOUT',
+  );
 
   // The bystander never noticed.
   const echoed = new Promise<string>((r) => bystander.once('message', (d) => r(dec.decode(d))));

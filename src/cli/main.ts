@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { SessionServer, builtinServices, createLogger } from '../host/index.js';
+import { builtinServices, createLogger, SessionServer } from '../host/index.js';
 import { RoamError } from '../wire/index.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };

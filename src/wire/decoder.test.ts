@@ -196,6 +196,16 @@ function assertHostileOutcome(r: FeedResult, maxFrameBytes: number): void {
   );
 }
 
+/**
+ * fast-check options for every property here. Shrinking a failure of these big nested inputs can
+ * take minutes of synchronous work; the time limit makes a failing run report its best
+ * counterexample so far instead of looking hung (passing runs take well under a second). The
+ * assertion message goes into the report because node:test does not print `cause`.
+ */
+function runs(numRuns: number): fc.Parameters<unknown> {
+  return { numRuns, includeErrorInReport: true, plugins: [fc.interruptAfterTimeLimit(15_000)] };
+}
+
 // ---------------------------------------------------------------------------------------------
 // arbitraries
 
@@ -561,7 +571,7 @@ if (isMainThread) {
           },
         ),
         // A hang costs a deadline per shrink attempt: report the first one unshrunk.
-        { numRuns: 300, endOnFailure: true },
+        { ...runs(300), endOnFailure: true },
       );
     });
   });
@@ -575,7 +585,7 @@ if (isMainThread) {
           assert.deepStrictEqual(normalise(back), normalise(f));
           assert.deepStrictEqual(encodeFrame(back), wire);
         }),
-        { numRuns: 600 },
+        runs(600),
       );
     });
 
@@ -586,7 +596,7 @@ if (isMainThread) {
           assert.equal(out.length, 1);
           assert.deepStrictEqual(normalise(out[0] as Frame), normalise(f));
         }),
-        { numRuns: 300 },
+        runs(300),
       );
     });
 
@@ -605,7 +615,7 @@ if (isMainThread) {
           assert.deepStrictEqual(pieces.map(normalise), whole.map(normalise));
           assert.deepStrictEqual(whole.map(normalise), frames.map(normalise));
         }),
-        { numRuns: 200 },
+        runs(200),
       );
     });
 
@@ -617,7 +627,7 @@ if (isMainThread) {
           for (const c of chunkify(concat(frames.map(encodeFrame)), plan)) d.pushTo(c, out);
           assert.deepStrictEqual(out.map(normalise), frames.map(normalise));
         }),
-        { numRuns: 100 },
+        runs(100),
       );
     });
 
@@ -636,7 +646,7 @@ if (isMainThread) {
           }
           assert.deepStrictEqual(out.map(normalise), frames.map(normalise));
         }),
-        { numRuns: 60 },
+        runs(60),
       );
     });
 
@@ -651,7 +661,7 @@ if (isMainThread) {
             `allocated ${largest} bytes with maxFrameBytes ${maxFrameBytes}`,
           );
         }),
-        { numRuns: 1500 },
+        runs(1500),
       );
     });
 
@@ -675,7 +685,7 @@ if (isMainThread) {
             assert.deepStrictEqual(split.frames.map(normalise), prefix.map(normalise));
           }
         }),
-        { numRuns: 400 },
+        runs(400),
       );
     });
 
@@ -691,7 +701,7 @@ if (isMainThread) {
             assert.ok(DECODE_CODES.has(err.code), err.code);
           }
         }),
-        { numRuns: 1500 },
+        runs(1500),
       );
       fc.assert(
         fc.property(hostileStreamArb, (bytes) => {
@@ -702,7 +712,7 @@ if (isMainThread) {
             assert.ok(DECODE_CODES.has(err.code), err.code);
           }
         }),
-        { numRuns: 500 },
+        runs(500),
       );
     });
 
@@ -724,7 +734,7 @@ if (isMainThread) {
             (f.type === FrameType.ERROR && f.message.length > MAX_TEXT_BYTES / 4);
           if (!longText) assert.deepStrictEqual(normalise(again), normalise(f));
         }),
-        { numRuns: 800 },
+        runs(800),
       );
     });
 
@@ -771,7 +781,7 @@ if (isMainThread) {
               assert.ok(largest <= Math.max(maxFrameBytes, HEADER_BYTES), `allocated ${largest}`);
             },
           ),
-          { numRuns: 300 },
+          runs(300),
         );
       },
     );

@@ -1,0 +1,11 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { it } from 'node:test';
+import { CODES } from '../src/wire/index.js';
+
+it('docs/protocol.md lists every error and close code with its number and text', () => {
+  const doc = readFileSync(new URL('../docs/protocol.md', import.meta.url), 'utf8');
+  for (const [name, { n, text }] of Object.entries(CODES)) {
+    assert.ok(doc.includes(`| ${n} | \`${name}\` | ${text} |`), `docs/protocol.md is missing ${name} (${n})`);
+  }
+});
