@@ -31,6 +31,11 @@ export const CODES = {
   INVALID_ARGUMENT: { n: 300, text: 'an API was called with an invalid argument' },
   INVALID_STATE: { n: 301, text: 'an API was called in a state that does not allow it' },
   MESSAGE_TOO_LARGE: { n: 302, text: 'message larger than the maximum frame size' },
+  STORE_CONFLICT: { n: 400, text: 'compare-and-set lost: the revision changed' },
+  STORE_INVALID_KEY: { n: 401, text: 'store key is empty, too long or has characters outside [A-Za-z0-9_=./-]' },
+  STORE_LIMIT: { n: 402, text: 'value or blob larger than the store allows' },
+  STORE_CLOSED: { n: 403, text: 'the store is closed' },
+  STORE_CORRUPT: { n: 404, text: 'stored data failed its integrity check' },
   INTERNAL: { n: 500, text: 'internal error' },
   OVERLOADED: { n: 503, text: 'server is over a configured limit' },
 } as const;
