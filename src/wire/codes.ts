@@ -36,6 +36,11 @@ export const CODES = {
   STORE_LIMIT: { n: 402, text: 'value or blob larger than the store allows' },
   STORE_CLOSED: { n: 403, text: 'the store is closed' },
   STORE_CORRUPT: { n: 404, text: 'stored data failed its integrity check' },
+  CONTINUATION_CORRUPT: { n: 410, text: 'continuation bytes are truncated or fail their checksum' },
+  CONTINUATION_VERSION: { n: 411, text: 'continuation encoded with an unsupported format version' },
+  INCOMPATIBLE: { n: 412, text: 'continuation compat tags do not match the service' },
+  STATE_LIMIT: { n: 413, text: 'a state store grew past its configured size' },
+  SERVICE_ERROR: { n: 414, text: 'service code threw' },
   INTERNAL: { n: 500, text: 'internal error' },
   OVERLOADED: { n: 503, text: 'server is over a configured limit' },
 } as const;
