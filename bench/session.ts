@@ -412,7 +412,12 @@ function openWs(url: string): Promise<WebSocket> {
 function closeWs(ws: WebSocket): Promise<void> {
   if (ws.readyState === WebSocket.CLOSED) return Promise.resolve();
   return new Promise<void>((resolve) => {
-    ws.once('close', () => resolve());
+    // A peer that never answers the closing handshake must not hold us for ws' 30 s default.
+    const kill = setTimeout(() => ws.terminate(), 2000);
+    ws.once('close', () => {
+      clearTimeout(kill);
+      resolve();
+    });
     ws.close(1000);
   });
 }
@@ -941,39 +946,51 @@ export function summarize(r: SessionResult): string {
   if (r.throughput.length > 0) {
     lines.push('');
     lines.push(
-      `${'throughput'.padEnd(12)}${pad('roam msg/s', 13)}${pad('ws msg/s', 13)}${pad('ratio', 8)}${pad('roam MiB/s', 12)}${pad('ws MiB/s', 10)}`,
+      `${'throughput'.padEnd(10)}${pad('roam msg/s', 12)}${pad('ws msg/s', 11)}${pad('ratio', 7)}${pad('roam MiB/s', 12)}${pad('ws MiB/s', 10)}${pad('cpu us/msg cli+srv roam | ws', 31)}`,
     );
     for (const t of r.throughput) {
       const size = t.size >= 1024 ? `${t.size / 1024} KiB` : `${t.size} B`;
+      const cpu = `${round(t.roam_client_cpu_us_per_msg, 1)}+${round(t.roam_server_cpu_us_per_msg, 1)} | ${round(t.ws_client_cpu_us_per_msg, 1)}+${round(t.ws_server_cpu_us_per_msg, 1)}`;
       lines.push(
-        `${size.padEnd(12)}${pad(t.roam_msgs_per_s, 13)}${pad(t.ws_msgs_per_s, 13)}${pad(t.ratio.toFixed(2), 8)}${pad(t.roam_mib_per_s, 12)}${pad(t.ws_mib_per_s, 10)}`,
+        `${size.padEnd(10)}${pad(t.roam_msgs_per_s, 12)}${pad(t.ws_msgs_per_s, 11)}${pad(t.ratio.toFixed(2), 7)}${pad(t.roam_mib_per_s, 12)}${pad(t.ws_mib_per_s, 10)}${pad(cpu, 31)}`,
       );
     }
   }
   const l = r.latency_us;
   if (l.roam_samples > 0 || l.ws_samples > 0) {
     lines.push('');
-    lines.push(`${'latency us'.padEnd(12)}${pad('p50', 10)}${pad('p99', 10)}${pad('mean', 10)}${pad('n', 8)}`);
     lines.push(
-      `${'roam'.padEnd(12)}${pad(l.roam_p50, 10)}${pad(l.roam_p99, 10)}${pad(l.roam_mean, 10)}${pad(l.roam_samples, 8)}`,
+      `${'latency us'.padEnd(12)}${pad('p50', 10)}${pad('p99', 10)}${pad('mean', 10)}${pad('n', 8)}${pad('cpu us/msg cli+srv', 22)}`,
     );
     lines.push(
-      `${'ws'.padEnd(12)}${pad(l.ws_p50, 10)}${pad(l.ws_p99, 10)}${pad(l.ws_mean, 10)}${pad(l.ws_samples, 8)}`,
+      `${'roam'.padEnd(12)}${pad(l.roam_p50, 10)}${pad(l.roam_p99, 10)}${pad(l.roam_mean, 10)}${pad(l.roam_samples, 8)}${pad(`${l.roam_client_cpu_us_per_msg}+${l.roam_server_cpu_us_per_msg}`, 22)}`,
+    );
+    lines.push(
+      `${'ws'.padEnd(12)}${pad(l.ws_p50, 10)}${pad(l.ws_p99, 10)}${pad(l.ws_mean, 10)}${pad(l.ws_samples, 8)}${pad(`${l.ws_client_cpu_us_per_msg}+${l.ws_server_cpu_us_per_msg}`, 22)}`,
     );
     lines.push(`${'overhead'.padEnd(12)}${pad(l.overhead_p50, 10)}${pad(l.overhead_p99, 10)}`);
+    for (const [side, b] of Object.entries(l.breakdown_us ?? {})) {
+      if (!b) continue;
+      lines.push(
+        `  ${side} p50 legs: stamp->send() returned ${b.stamp_to_send_returned.p50}, stamp->ws.send ${b.stamp_to_ws_send.p50}, stamp->server ws msg ${b.stamp_to_server_ws_message.p50}, server ws msg->sink ${b.server_ws_message_to_sink.p50}`,
+      );
+    }
   }
   const m = r.resume_ms;
   if (m.trials > 0) {
     lines.push('');
-    lines.push(`${'resume ms'.padEnd(28)}${pad('p50', 9)}${pad('p99', 9)}`);
-    lines.push(`${'reconnectNow -> echo'.padEnd(28)}${pad(m.p50, 9)}${pad(m.p99, 9)}`);
-    lines.push(`${'resumed.gapMs'.padEnd(28)}${pad(m.resumed_gap_p50, 9)}${pad(m.resumed_gap_p99, 9)}`);
+    lines.push(`${'resume ms'.padEnd(36)}${pad('p50', 9)}${pad('p99', 9)}`);
+    lines.push(`${'reconnectNow -> echo'.padEnd(36)}${pad(m.p50, 9)}${pad(m.p99, 9)}`);
+    lines.push(`${'resumed.gapMs'.padEnd(36)}${pad(m.resumed_gap_p50, 9)}${pad(m.resumed_gap_p99, 9)}`);
     lines.push(
-      `${'reconnectNow -> resumed'.padEnd(28)}${pad(m.reconnect_to_resumed_p50, 9)}${pad(m.reconnect_to_resumed_p99, 9)}`,
+      `${'reconnectNow -> resumed'.padEnd(36)}${pad(m.reconnect_to_resumed_p50, 9)}${pad(m.reconnect_to_resumed_p99, 9)}`,
     );
+    for (const [k, v] of Object.entries(m.phases ?? {})) {
+      lines.push(`${`  ${k.replaceAll('_', ' ')}`.padEnd(36)}${pad(v.p50, 9)}${pad(v.p99, 9)}`);
+    }
     if (Number.isFinite(m.ws_fresh_connect_echo_p50)) {
       lines.push(
-        `${'(ws new conn + echo)'.padEnd(28)}${pad(m.ws_fresh_connect_echo_p50, 9)}${pad(m.ws_fresh_connect_echo_p99, 9)}`,
+        `${'(ws new conn + echo, context)'.padEnd(36)}${pad(m.ws_fresh_connect_echo_p50, 9)}${pad(m.ws_fresh_connect_echo_p99, 9)}`,
       );
     }
   }

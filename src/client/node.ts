@@ -3,6 +3,7 @@
  * tls:// (with `localAddress`, so a test or a multi-homed device can pick its source address).
  */
 import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
+import { nodeSessionCrypto } from '../transport/crypto-node.js';
 import { connectTransport } from '../transport/index.js';
 import { type ConnectOptions, Session } from './session.js';
 
@@ -17,6 +18,7 @@ export interface NodeConnectOptions extends ConnectOptions {
 export function connect(url: string, opts: NodeConnectOptions): Session {
   const tls = opts.tls;
   return new Session(url, {
+    crypto: nodeSessionCrypto,
     ...opts,
     connector:
       opts.connector ?? ((u, o) => connectTransport(u, { localAddress: o.localAddress, ...(tls ? { tls } : {}) })),

@@ -6,6 +6,7 @@ import {
   type EngineOptions,
   FramedConnection,
   lostReasonFor,
+  type SessionCrypto,
   SessionEngine,
   type SessionEvent,
   type SessionKey,
@@ -52,6 +53,8 @@ export interface ConnectOptions {
   /** Reliable-delivery tunables (replay window, heartbeats, ACK coalescing). */
   engine?: EngineOptions;
   clock?: Clock;
+  /** Key agreement and MAC implementation. Default: WebCrypto (browsers); node:crypto under Node. */
+  crypto?: SessionCrypto;
   /** Random source for jitter, in [0, 1). */
   random?: () => number;
 }
@@ -277,7 +280,14 @@ export class Session extends Emitter<SessionEvents> {
           conn.abort();
           return;
         }
-        const est = await clientHello(conn, this.clock, this.handshakeTimeoutMs, this.opts.service, this.opts.key);
+        const est = await clientHello(
+          conn,
+          this.clock,
+          this.handshakeTimeoutMs,
+          this.opts.service,
+          this.opts.key,
+          this.opts.crypto,
+        );
         this.connecting = undefined;
         if (this._state !== 'connecting') {
           conn.close();

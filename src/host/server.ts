@@ -5,6 +5,7 @@ import {
   FramedConnection,
   moveMac,
   type Opening,
+  type SessionCrypto,
   SessionEngine,
   type SessionEvent,
   type SessionKey,
@@ -17,6 +18,7 @@ import {
   toHex,
   verifyResume,
 } from '../session/index.js';
+import { nodeSessionCrypto } from '../transport/crypto-node.js';
 import { type Listener, type ListenOptions, listenTransport } from '../transport/index.js';
 import { type CodeName, DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameType, RoamError } from '../wire/index.js';
 import { createLogger, type Logger } from './logger.js';
@@ -46,6 +48,8 @@ export interface SessionServerOptions {
   engine?: EngineOptions;
   clock?: Clock;
   logger?: Logger;
+  /** Key agreement and MAC implementation. Default: node:crypto. */
+  crypto?: SessionCrypto;
 }
 
 type ServerSessionEvents = {
@@ -195,10 +199,12 @@ export class SessionServer {
       throw new RoamError('OVERLOADED', `session limit of ${this.maxSessions} reached`);
     }
     const engineOpts = this.opts.engine ?? {};
-    const { sessionId, key } = await serverWelcome(conn, hello, {
-      heartbeatMs: engineOpts.heartbeatMs ?? 1000,
-      sessionTtlMs: this.sessionTtlMs,
-    });
+    const { sessionId, key } = await serverWelcome(
+      conn,
+      hello,
+      { heartbeatMs: engineOpts.heartbeatMs ?? 1000, sessionTtlMs: this.sessionTtlMs },
+      this.opts.crypto ?? nodeSessionCrypto,
+    );
     this.counters.hellos++;
     const engine = new SessionEngine({ ...engineOpts, clock: this.clock });
     const session = new ServerSession(sessionId, hello.service, hello.key, engine, key);

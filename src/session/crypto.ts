@@ -17,20 +17,72 @@ export function randomBytes(n: number): Uint8Array {
 export const newSessionId = (): Uint8Array => randomBytes(SESSION_ID_BYTES);
 export const newNonce = (): Uint8Array => randomBytes(NONCE_BYTES);
 
+/**
+ * The key-agreement and MAC primitives, behind an interface so Node can plug in `node:crypto`
+ * (synchronous, ~10x cheaper per HMAC than WebCrypto's thread-pool hop) while browsers use
+ * WebCrypto. Keys remember which provider made them, so call sites never pass it around.
+ */
+export interface SessionCrypto {
+  readonly name: string;
+  generateEphemeralKey(): Promise<EphemeralKey>;
+  /** X25519 then HKDF-SHA256 to 32 raw key bytes. Throws on a low-order (all-zero) shared secret. */
+  deriveKeyBytes(own: EphemeralKey, peerPublicKey: Uint8Array, salt: Uint8Array, info: Uint8Array): Promise<Uint8Array>;
+  importSessionKey(raw: Uint8Array): Promise<SessionKey>;
+  hmac(key: SessionKey, data: Uint8Array): Promise<Uint8Array>;
+}
+
 /** An ephemeral X25519 key pair for one handshake. */
 export interface EphemeralKey {
   publicKey: Uint8Array;
-  privateKey: CryptoKey;
+  privateKey: unknown;
+  provider: SessionCrypto;
 }
 
-export async function generateEphemeralKey(): Promise<EphemeralKey> {
-  const pair = (await subtle().generateKey({ name: 'X25519' }, false, ['deriveBits'])) as CryptoKeyPair;
-  const raw = new Uint8Array(await subtle().exportKey('raw', pair.publicKey));
-  return { publicKey: raw, privateKey: pair.privateKey };
+/**
+ * The session key: 32 bytes from HKDF, used as an HMAC-SHA256 key. `raw` is kept so the key can
+ * travel inside a continuation (the Store is trusted with it, like a TLS session ticket key).
+ */
+export interface SessionKey {
+  readonly raw: Uint8Array;
+  readonly provider: SessionCrypto;
+  /** Provider-specific prepared form (a WebCrypto CryptoKey). */
+  readonly handle?: unknown;
 }
 
-/** The session key: a non-extractable HMAC key derived from the X25519 shared secret. */
-export type SessionKey = CryptoKey;
+/** WebCrypto implementation: runs in browsers and Node alike. */
+export const webSessionCrypto: SessionCrypto = Object.freeze({
+  name: 'webcrypto',
+  async generateEphemeralKey(): Promise<EphemeralKey> {
+    const pair = (await subtle().generateKey({ name: 'X25519' }, false, ['deriveBits'])) as CryptoKeyPair;
+    const raw = new Uint8Array(await subtle().exportKey('raw', pair.publicKey));
+    return { publicKey: raw, privateKey: pair.privateKey, provider: webSessionCrypto };
+  },
+  async deriveKeyBytes(own: EphemeralKey, peerPublicKey: Uint8Array, salt: Uint8Array, info: Uint8Array) {
+    const peer = await subtle().importKey('raw', peerPublicKey as BufferSource, { name: 'X25519' }, false, []);
+    const shared = await subtle().deriveBits({ name: 'X25519', public: peer }, own.privateKey as CryptoKey, 256);
+    const ikm = await subtle().importKey('raw', shared, 'HKDF', false, ['deriveBits']);
+    const bits = await subtle().deriveBits(
+      { name: 'HKDF', hash: 'SHA-256', salt: salt as BufferSource, info: info as BufferSource },
+      ikm,
+      256,
+    );
+    return new Uint8Array(bits);
+  },
+  async importSessionKey(raw: Uint8Array): Promise<SessionKey> {
+    const handle = await subtle().importKey('raw', raw as BufferSource, { name: 'HMAC', hash: 'SHA-256' }, false, [
+      'sign',
+    ]);
+    return { raw: raw.slice(), provider: webSessionCrypto, handle };
+  },
+  async hmac(key: SessionKey, data: Uint8Array): Promise<Uint8Array> {
+    return new Uint8Array(await subtle().sign('HMAC', key.handle as CryptoKey, data as BufferSource));
+  },
+});
+
+/** Generates an ephemeral key with `provider` (WebCrypto by default). */
+export function generateEphemeralKey(provider: SessionCrypto = webSessionCrypto): Promise<EphemeralKey> {
+  return provider.generateEphemeralKey();
+}
 
 /**
  * ECDH then HKDF(salt = sessionId, info = "roam/1 session" ‖ clientPub ‖ serverPub). Binding both
@@ -44,30 +96,23 @@ export async function deriveSessionKey(
   serverPublicKey: Uint8Array,
 ): Promise<SessionKey> {
   if (peerPublicKey.length !== KEY_BYTES) throw new Error('peer public key has the wrong length');
-  const peer = await subtle().importKey('raw', peerPublicKey as BufferSource, { name: 'X25519' }, false, []);
-  const shared = await subtle().deriveBits({ name: 'X25519', public: peer }, own.privateKey, 256);
-  const ikm = await subtle().importKey('raw', shared, 'HKDF', false, ['deriveKey']);
-  return subtle().deriveKey(
-    {
-      name: 'HKDF',
-      hash: 'SHA-256',
-      salt: sessionId as BufferSource,
-      info: concat(enc.encode('roam/1 session'), clientPublicKey, serverPublicKey) as BufferSource,
-    },
-    ikm,
-    { name: 'HMAC', hash: 'SHA-256', length: 256 },
-    false,
-    ['sign', 'verify'],
-  );
+  const info = concat(enc.encode('roam/1 session'), clientPublicKey, serverPublicKey);
+  const raw = await own.provider.deriveKeyBytes(own, peerPublicKey, sessionId, info);
+  return own.provider.importSessionKey(raw);
+}
+
+/** Rebuilds a session key from its raw bytes (from a continuation). */
+export function importSessionKey(raw: Uint8Array, provider: SessionCrypto = webSessionCrypto): Promise<SessionKey> {
+  if (raw.length !== 32) throw new Error('a session key is 32 bytes');
+  return provider.importSessionKey(raw);
 }
 
 /** HMAC-SHA256 over a domain label and the given parts. */
-export async function mac(key: SessionKey, label: string, ...parts: Uint8Array[]): Promise<Uint8Array> {
-  const sig = await subtle().sign('HMAC', key, concat(enc.encode(label), ...parts) as BufferSource);
-  return new Uint8Array(sig);
+export function mac(key: SessionKey, label: string, ...parts: Uint8Array[]): Promise<Uint8Array> {
+  return key.provider.hmac(key, concat(enc.encode(label), ...parts));
 }
 
-/** Constant-time verification (WebCrypto's verify compares in constant time). */
+/** Verifies a MAC in constant time. */
 export async function verifyMac(
   key: SessionKey,
   tag: Uint8Array,
@@ -75,7 +120,10 @@ export async function verifyMac(
   ...parts: Uint8Array[]
 ): Promise<boolean> {
   if (tag.length !== MAC_BYTES) return false;
-  return subtle().verify('HMAC', key, tag as BufferSource, concat(enc.encode(label), ...parts) as BufferSource);
+  const expected = await mac(key, label, ...parts);
+  let d = 0;
+  for (let i = 0; i < MAC_BYTES; i++) d |= (expected[i] as number) ^ (tag[i] as number);
+  return d === 0;
 }
 
 export function u64Bytes(n: number): Uint8Array {

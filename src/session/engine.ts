@@ -29,6 +29,8 @@ export interface EngineOptions {
   ackDelayMs?: number;
   /** …or until this many DATA frames are unacknowledged. Default 32. */
   ackEveryFrames?: number;
+  /** …or until this many bytes are unacknowledged. Default 256 KiB: small against the replay window, large enough that big messages are not acked one by one. */
+  ackEveryBytes?: number;
   maxFrameBytes?: number;
 }
 
@@ -36,7 +38,6 @@ export interface EngineOptions {
 export type EngineState = 'attached' | 'detached' | 'lost' | 'closed';
 
 const DATA_OVERHEAD = HEADER_BYTES + 10;
-const ACK_EVERY_BYTES = 64 * 1024;
 
 interface ReplayEntry {
   seq: number;
@@ -81,6 +82,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
   private readonly deadProbes: number;
   private readonly ackDelayMs: number;
   private readonly ackEveryFrames: number;
+  private readonly ackEveryBytes: number;
 
   private _state: EngineState = 'detached';
   private conn: FramedConnection | undefined;
@@ -113,6 +115,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
     this.deadProbes = opts.deadProbes ?? 3;
     this.ackDelayMs = opts.ackDelayMs ?? 10;
     this.ackEveryFrames = opts.ackEveryFrames ?? 32;
+    this.ackEveryBytes = opts.ackEveryBytes ?? 256 * 1024;
     this.maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     if (this.highWaterMark > this.maxReplayBytes) {
       throw new RoamError('INVALID_ARGUMENT', 'highWaterMark must not exceed maxReplayBytes');
@@ -387,7 +390,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
 
   private scheduleAck(): void {
     const pending = this.recvSeq - this.ackedToPeer;
-    if (pending >= this.ackEveryFrames || this.unackedBytesIn >= ACK_EVERY_BYTES) {
+    if (pending >= this.ackEveryFrames || this.unackedBytesIn >= this.ackEveryBytes) {
       this.sendAck();
     } else if (this.ackTimer === undefined) {
       this.ackTimer = this.clock.setTimeout(() => {

@@ -8,10 +8,12 @@ import {
   mac,
   newNonce,
   newSessionId,
+  type SessionCrypto,
   type SessionKey,
   u32Bytes,
   u64Bytes,
   verifyMac,
+  webSessionCrypto,
 } from './crypto.js';
 
 const enc = new TextEncoder();
@@ -55,8 +57,9 @@ export async function clientHello(
   timeoutMs: number,
   service: string,
   key: string | undefined,
+  crypto: SessionCrypto = webSessionCrypto,
 ): Promise<Established> {
-  const eph = await generateEphemeralKey();
+  const eph = await generateEphemeralKey(crypto);
   conn.writeFrame({ type: FrameType.HELLO, publicKey: eph.publicKey, service, key });
   const w = await expect(conn, clock, timeoutMs, [FrameType.WELCOME]);
   let sessionKey: SessionKey;
@@ -116,8 +119,9 @@ export async function serverWelcome(
   conn: FramedConnection,
   hello: HelloFrame,
   params: { heartbeatMs: number; sessionTtlMs: number },
+  crypto: SessionCrypto = webSessionCrypto,
 ): Promise<{ sessionId: Uint8Array; key: SessionKey }> {
-  const eph = await generateEphemeralKey();
+  const eph = await generateEphemeralKey(crypto);
   const sessionId = newSessionId();
   let key: SessionKey;
   try {

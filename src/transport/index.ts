@@ -13,6 +13,7 @@ import { RoamError } from '../wire/index.js';
 import { TcpTransport } from './tcp.js';
 import { WsTransport } from './ws.js';
 
+export { nodeSessionCrypto } from './crypto-node.js';
 export { TcpTransport } from './tcp.js';
 export { WsTransport } from './ws.js';
 

@@ -565,9 +565,12 @@ if (isMainThread) {
             if (r.error) {
               assert.ok(r.error.protocol, `non-ProtocolError in worker: ${r.error.text}`);
               assert.ok(r.error.code !== undefined && DECODE_CODES.has(r.error.code as CodeName), r.error.code);
-              assert.ok(r.poisonedSame);
+              assert.ok(r.poisonedSame, 'decoder did not stay poisoned with the same error');
             }
-            assert.ok(r.maxBuffered <= maxFrameBytes + HEADER_BYTES);
+            assert.ok(
+              r.maxBuffered <= maxFrameBytes + HEADER_BYTES,
+              `bufferedBytes reached ${r.maxBuffered}, limit ${maxFrameBytes}`,
+            );
           },
         ),
         // A hang costs a deadline per shrink attempt: report the first one unshrunk.
@@ -764,7 +767,7 @@ if (isMainThread) {
               const stream = concat([header, tail]);
               const chunks = chunkify(stream, plan);
               const { result, largest } = withAllocationSpy(() => feed(chunks, maxFrameBytes));
-              assert.ok(result.error instanceof ProtocolError);
+              assert.ok(result.error instanceof ProtocolError, `expected ProtocolError, got ${String(result.error)}`);
               assert.equal(result.error.code, 'FRAME_TOO_LARGE');
               // The push that threw is the one that delivered header byte 8.
               let seen = 0;
@@ -777,7 +780,7 @@ if (isMainThread) {
                 }
               }
               assert.equal(result.threwAt, expected);
-              assert.ok(result.poisonedSame);
+              assert.ok(result.poisonedSame, 'decoder did not stay poisoned with the same error');
               assert.ok(largest <= Math.max(maxFrameBytes, HEADER_BYTES), `allocated ${largest}`);
             },
           ),
@@ -801,7 +804,7 @@ if (isMainThread) {
           const err = assert.throws(
             () => d.push(header.subarray(7, 8)),
             (e: unknown) => {
-              assert.ok(e instanceof ProtocolError);
+              assert.ok(e instanceof ProtocolError, `expected ProtocolError, got ${String(e)}`);
               assert.equal(e.code, 'FRAME_TOO_LARGE');
               return true;
             },
@@ -809,17 +812,17 @@ if (isMainThread) {
           return err;
         });
         assert.ok(largest <= 1024, `allocated ${largest} bytes`);
-        assert.ok(d.bufferedBytes <= 1024 + HEADER_BYTES);
+        assert.ok(d.bufferedBytes <= 1024 + HEADER_BYTES, 'd.bufferedBytes <= 1024 + HEADER_BYTES');
       },
     );
 
     decoderIt('the same header with the default limit fails before allocating 4 GiB', () => {
       const header = Uint8Array.from([WIRE_VERSION, FrameType.DATA, 0, 0, 0xff, 0xff, 0xff, 0xff]);
       const { result, largest } = withAllocationSpy(() => feed([header, new Uint8Array(100)], DEFAULT_MAX_FRAME_BYTES));
-      assert.ok(result.error instanceof ProtocolError);
+      assert.ok(result.error instanceof ProtocolError, `expected ProtocolError, got ${String(result.error)}`);
       assert.equal(result.error.code, 'FRAME_TOO_LARGE');
       assert.equal(result.threwAt, 0);
-      assert.ok(largest <= DEFAULT_MAX_FRAME_BYTES);
+      assert.ok(largest <= DEFAULT_MAX_FRAME_BYTES, 'largest <= DEFAULT_MAX_FRAME_BYTES');
     });
 
     decoderIt('a frame exactly at maxFrameBytes is accepted split or whole; one byte more is rejected', () => {
@@ -831,7 +834,7 @@ if (isMainThread) {
         assert.equal(ok.error, undefined);
         assert.equal(ok.frames.length, 1);
         const bad = feed(chunkify(over, plan), max);
-        assert.ok(bad.error instanceof ProtocolError);
+        assert.ok(bad.error instanceof ProtocolError, `expected ProtocolError, got ${String(bad.error)}`);
         assert.equal(bad.error.code, 'FRAME_TOO_LARGE');
       }
     });
@@ -846,7 +849,7 @@ if (isMainThread) {
       } catch (err) {
         first = err;
       }
-      assert.ok(first instanceof ProtocolError);
+      assert.ok(first instanceof ProtocolError, `expected ProtocolError, got ${String(first)}`);
       assert.equal(first.code, 'UNSUPPORTED_VERSION');
       for (const next of [new Uint8Array(0), good, good.subarray(0, 3)]) {
         assert.throws(
@@ -872,7 +875,7 @@ if (isMainThread) {
       } catch (err) {
         first = err;
       }
-      assert.ok(first instanceof ProtocolError);
+      assert.ok(first instanceof ProtocolError, `expected ProtocolError, got ${String(first)}`);
       assert.equal(first.code, 'MALFORMED_FRAME');
       assert.throws(
         () => d.push(good),

@@ -200,7 +200,7 @@ describe('frame round-trip', () => {
 
     it(`${name}: header is well formed and the encoding is canonical`, () => {
       const wire = encodeFrame(frame);
-      assert.ok(wire.length >= HEADER_BYTES);
+      assert.ok(wire.length >= HEADER_BYTES, 'wire.length >= HEADER_BYTES');
       assert.equal(wire[0], WIRE_VERSION);
       assert.equal(wire[1], frame.type);
       assert.equal(wire[3], 0, 'reserved byte');
@@ -252,9 +252,9 @@ describe('frame round-trip', () => {
   it('long CLOSE/ERROR text is cut to fit instead of throwing', () => {
     for (const text of ['x'.repeat(5000), '🎲'.repeat(3000), 'é'.repeat(MAX_TEXT_BYTES)]) {
       const wire = encodeFrame({ type: FrameType.CLOSE, code: 'GOING_AWAY', reason: text });
-      assert.ok(wire.length - HEADER_BYTES <= 4 + MAX_TEXT_BYTES);
+      assert.ok(wire.length - HEADER_BYTES <= 4 + MAX_TEXT_BYTES, 'wire.length - HEADER_BYTES <= 4 + MAX_TEXT_BYTES');
       const f = decodeFrame(wire);
-      assert.ok(f.type === FrameType.CLOSE);
+      assert.ok(f.type === FrameType.CLOSE, 'f.type === FrameType.CLOSE');
       assert.equal(f.code, 'GOING_AWAY');
       assert.ok(f.reason.endsWith('…'), 'marked as truncated');
       assert.ok(text.startsWith(f.reason.slice(0, -2)), 'keeps a prefix');
@@ -289,7 +289,7 @@ describe('exact wire layout', () => {
     const backing = bytes(64, 3);
     const view = backing.subarray(10, 20);
     const f = decodeFrame(encodeData(1, 1, view));
-    assert.ok(f.type === FrameType.DATA);
+    assert.ok(f.type === FrameType.DATA, 'f.type === FrameType.DATA');
     assert.deepStrictEqual(Uint8Array.from(f.payload), Uint8Array.from(view));
   });
 
@@ -301,7 +301,7 @@ describe('exact wire layout', () => {
   it('decoded byte fields other than DATA payloads do not alias the input', () => {
     const wire = encodeFrame({ type: FrameType.CHALLENGE, nonce: bytes(NONCE_BYTES) });
     const f = decodeFrame(wire);
-    assert.ok(f.type === FrameType.CHALLENGE);
+    assert.ok(f.type === FrameType.CHALLENGE, 'f.type === FrameType.CHALLENGE');
     wire[HEADER_BYTES] = (wire[HEADER_BYTES] as number) ^ 0xff;
     assert.deepStrictEqual(f.nonce, bytes(NONCE_BYTES));
   });
@@ -416,7 +416,7 @@ describe('decodeFrame rejections', () => {
       ];
       for (const wire of cases) {
         const err = throwsProtocol(() => decodeFrame(wire), 'MALFORMED_FRAME');
-        assert.ok(err instanceof RoamError);
+        assert.ok(err instanceof RoamError, `expected RoamError, got ${String(err)}`);
       }
     });
   }
@@ -627,8 +627,8 @@ describe('error codes', () => {
   it('RoamError.fromWire keeps the code for every table entry', () => {
     for (const name of Object.keys(CODES) as CodeName[]) {
       const err = RoamError.fromWire(CODES[name].n, `msg ${name}`);
-      assert.ok(err instanceof RoamError);
-      assert.ok(err instanceof Error);
+      assert.ok(err instanceof RoamError, `expected RoamError, got ${String(err)}`);
+      assert.ok(err instanceof Error, `expected Error, got ${String(err)}`);
       assert.equal(err.code, name);
       assert.equal(err.wireCode, CODES[name].n);
       assert.equal(err.message, `msg ${name}`);
@@ -646,7 +646,7 @@ describe('error codes', () => {
   it('RoamError.fromWire on a decoded ERROR frame restores the sender error', () => {
     const sent = new ProtocolError('SEQUENCE_GAP', 'expected 5, got 7');
     const f = decodeFrame(encodeFrame({ type: FrameType.ERROR, code: sent.code, message: sent.message }));
-    assert.ok(f.type === FrameType.ERROR);
+    assert.ok(f.type === FrameType.ERROR, 'f.type === FrameType.ERROR');
     const received = RoamError.fromWire(codeNumber(f.code), f.message);
     assert.equal(received.code, 'SEQUENCE_GAP');
     assert.equal(received.wireCode, sent.wireCode);
@@ -655,7 +655,7 @@ describe('error codes', () => {
 
   it('ProtocolError is a RoamError with its own name', () => {
     const err = new ProtocolError('MALFORMED_FRAME', 'x', { cause: 'c' });
-    assert.ok(err instanceof RoamError);
+    assert.ok(err instanceof RoamError, `expected RoamError, got ${String(err)}`);
     assert.equal(err.name, 'ProtocolError');
     assert.equal(err.code, 'MALFORMED_FRAME');
     assert.equal(err.wireCode, 100);

@@ -1,5 +1,5 @@
 import { type CodeName, codeName, codeNumber } from './codes.js';
-import { ProtocolError } from './errors.js';
+import { ProtocolError, RoamError } from './errors.js';
 
 /** Protocol version carried in every frame header. */
 export const WIRE_VERSION = 1;
@@ -247,21 +247,29 @@ class Reader {
 
 function checkFixed(b: Uint8Array, n: number, what: string): void {
   if (!(b instanceof Uint8Array) || b.length !== n) {
-    throw new ProtocolError('INVALID_ARGUMENT', `${what} must be ${n} bytes`);
+    throw new RoamError('INVALID_ARGUMENT', `${what} must be ${n} bytes`);
   }
 }
 
 function encodeText(s: string, max: number, what: string): Uint8Array {
   const b = utf8enc.encode(s);
-  if (b.length > max) throw new ProtocolError('INVALID_ARGUMENT', `${what} is ${b.length} bytes, limit ${max}`);
+  if (b.length > max) throw new RoamError('INVALID_ARGUMENT', `${what} is ${b.length} bytes, limit ${max}`);
   return b;
 }
 
-function checkSeq(seq: number): void {
-  if (!Number.isSafeInteger(seq) || seq < 0) throw new ProtocolError('INVALID_ARGUMENT', `bad sequence number ${seq}`);
+function checkU32(v: number, what: string): void {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff)
+    throw new RoamError('INVALID_ARGUMENT', `${what} must be a u32, got ${v}`);
 }
 
-/** Encodes a DATA frame; the hot path, so it avoids the generic writer. */
+function checkSeq(seq: number): void {
+  if (!Number.isSafeInteger(seq) || seq < 0) throw new RoamError('INVALID_ARGUMENT', `bad sequence number ${seq}`);
+}
+
+/**
+ * Encodes a DATA frame; the hot path, so it avoids the generic writer and checks nothing: callers
+ * (the session engine) guarantee a u16 channel and a safe-integer seq. Use `encodeFrame` otherwise.
+ */
 export function encodeData(channel: number, seq: number, payload: Uint8Array): Uint8Array {
   const buf = new Uint8Array(HEADER_BYTES + 10 + payload.length);
   const view = new DataView(buf.buffer);
@@ -294,6 +302,8 @@ export function encodeFrame(f: Frame): Uint8Array {
       checkFixed(f.sessionId, SESSION_ID_BYTES, 'sessionId');
       checkFixed(f.publicKey, KEY_BYTES, 'publicKey');
       checkFixed(f.confirm, MAC_BYTES, 'confirm');
+      checkU32(f.heartbeatMs, 'heartbeatMs');
+      checkU32(f.sessionTtlMs, 'sessionTtlMs');
       const w = new Writer(SESSION_ID_BYTES + KEY_BYTES + 8 + MAC_BYTES);
       w.bytes(f.sessionId);
       w.bytes(f.publicKey);
@@ -333,7 +343,7 @@ export function encodeFrame(f: Frame): Uint8Array {
     case FrameType.DATA:
       checkSeq(f.seq);
       if (!Number.isInteger(f.channel) || f.channel < 0 || f.channel > 0xffff) {
-        throw new ProtocolError('INVALID_ARGUMENT', `bad channel ${f.channel}`);
+        throw new RoamError('INVALID_ARGUMENT', `bad channel ${f.channel}`);
       }
       return encodeData(f.channel, f.seq, f.payload);
     case FrameType.ACK: {
@@ -344,17 +354,19 @@ export function encodeFrame(f: Frame): Uint8Array {
     }
     case FrameType.PING:
     case FrameType.PONG: {
+      checkU32(f.id, 'ping id');
       const w = new Writer(12);
-      w.u32(f.id >>> 0);
+      w.u32(f.id);
       w.f64(f.time);
       return w.finish(f.type);
     }
     case FrameType.MOVE: {
       checkFixed(f.mac, MAC_BYTES, 'mac');
+      checkU32(f.moveId, 'moveId');
       const url = encodeText(f.url, MAX_TEXT_BYTES, 'move url');
-      if (f.token.length > MAX_TEXT_BYTES) throw new ProtocolError('INVALID_ARGUMENT', 'move token too long');
+      if (f.token.length > MAX_TEXT_BYTES) throw new RoamError('INVALID_ARGUMENT', 'move token too long');
       const w = new Writer(4 + 2 + url.length + 2 + f.token.length + MAC_BYTES);
-      w.u32(f.moveId >>> 0);
+      w.u32(f.moveId);
       w.u16(url.length);
       w.bytes(url);
       w.u16(f.token.length);
@@ -377,7 +389,12 @@ export function encodeFrame(f: Frame): Uint8Array {
 
 /** Cuts human text so it always fits MAX_TEXT_BYTES once encoded. */
 function truncateText(s: string): string {
-  return s.length > MAX_TEXT_BYTES / 4 ? `${s.slice(0, MAX_TEXT_BYTES / 4 - 1)}…` : s;
+  if (s.length <= MAX_TEXT_BYTES / 4) return s;
+  let cut = MAX_TEXT_BYTES / 4 - 1;
+  // Never split a surrogate pair: half an emoji would arrive as U+FFFD.
+  const last = s.charCodeAt(cut - 1);
+  if (last >= 0xd800 && last <= 0xdbff) cut--;
+  return `${s.slice(0, cut)}…`;
 }
 
 /**
@@ -385,6 +402,7 @@ function truncateText(s: string): string {
  * returned as views (zero copy), every other byte field is copied.
  */
 export function decodePayload(type: number, flags: number, payload: Uint8Array): Frame {
+  if (type === FrameType.DATA) return decodeData(payload);
   const r = new Reader(payload);
   let f: Frame;
   switch (type) {
@@ -455,6 +473,20 @@ export function decodePayload(type: number, flags: number, payload: Uint8Array):
   }
   r.end();
   return f;
+}
+
+/** DATA is the hot path: read its 10-byte prefix in place, no Reader or DataView per frame. */
+function decodeData(p: Uint8Array): DataFrame {
+  if (p.length < 10) malformed(`payload truncated: DATA needs 10 bytes, got ${p.length}`);
+  const hi = (((p[2] as number) << 24) >>> 0) + ((p[3] as number) << 16) + ((p[4] as number) << 8) + (p[5] as number);
+  if (hi > 0x1fffff) malformed('sequence number above 2^53');
+  const lo = (((p[6] as number) << 24) >>> 0) + ((p[7] as number) << 16) + ((p[8] as number) << 8) + (p[9] as number);
+  return {
+    type: FrameType.DATA,
+    channel: ((p[0] as number) << 8) | (p[1] as number),
+    seq: hi * 0x100000000 + lo,
+    payload: p.subarray(10),
+  };
 }
 
 /** Decodes exactly one complete frame (header + payload). */

@@ -1,0 +1,3 @@
+export * from './sqlite.js';
+export * from './store.js';
+export * from './watch.js';
