@@ -50,6 +50,18 @@ export interface SessionServerOptions {
   logger?: Logger;
   /** Key agreement and MAC implementation. Default: node:crypto. */
   crypto?: SessionCrypto;
+  /**
+   * Brings back a session that is not in memory (suspended to a Store). Must call `verify` with
+   * the session's key before restoring anything, and return the restored session (already adopted).
+   * Returning undefined means unknown.
+   */
+  restore?: (sessionId: string, verify: (key: SessionKey) => Promise<void>) => Promise<ServerSession | undefined>;
+  /**
+   * When set, a detached session is handed to `onGrace` after `detachedGraceMs` (to be suspended
+   * to a Store) instead of being lost at `sessionTtlMs`.
+   */
+  detachedGraceMs?: number;
+  onGrace?: (session: ServerSession) => void;
 }
 
 type ServerSessionEvents = {
@@ -225,13 +237,17 @@ export class SessionServer {
 
   private async onResume(conn: FramedConnection, opening: Extract<Opening, { kind: 'resume' }>): Promise<void> {
     const id = toHex(opening.resume.sessionId);
-    const session = this.sessions.get(id);
-    if (!session) {
+    let session = this.sessions.get(id);
+    if (session) {
+      await verifyResume(opening, session.keyForResume, this.clock.now(), this.challengeTtlMs);
+    } else {
       const t = this.tombstones.get(id);
       if (t) throw new RoamError(t.code, t.message);
-      throw new RoamError('UNKNOWN_SESSION', 'no such session on this server');
+      session = await this.opts.restore?.(id, (key) =>
+        verifyResume(opening, key, this.clock.now(), this.challengeTtlMs),
+      );
+      if (!session) throw new RoamError('UNKNOWN_SESSION', 'no such session on this server');
     }
-    await verifyResume(opening, session.keyForResume, this.clock.now(), this.challengeTtlMs);
     // The proof verified: this is the key holder. Everything below may touch the session.
     if (session.state === 'lost' || session.state === 'closed') {
       throw new RoamError('UNKNOWN_SESSION', 'session ended during the handshake');
@@ -244,22 +260,45 @@ export class SessionServer {
     this.clearExpiry(id);
   }
 
+  /** Registers a session built outside a handshake (restored from a continuation). It starts detached. */
+  adopt(session: ServerSession): void {
+    this.sessions.set(session.id, session);
+    this.tombstones.delete(session.id);
+    session.engine.on('event', (ev) => this.onSessionEvent(session, ev));
+    if (session.state === 'detached') this.startDetachedTimer(session);
+  }
+
+  /** Drops a session from memory without ending it (it was suspended to a continuation). */
+  forget(id: string): void {
+    const s = this.sessions.get(id);
+    if (!s) return;
+    this.clearExpiry(id);
+    this.sessions.delete(id);
+    s.engine.retire();
+  }
+
+  private startDetachedTimer(session: ServerSession): void {
+    this.clearExpiry(session.id);
+    const onGrace = this.opts.onGrace;
+    const ms = onGrace ? (this.opts.detachedGraceMs ?? 30_000) : this.sessionTtlMs;
+    const timer = this.clock.setTimeout(() => {
+      this.expiry.delete(session.id);
+      if (session.state !== 'detached') return;
+      if (onGrace) onGrace(session);
+      else session.engine.lose('SESSION_EXPIRED', `not resumed within ${this.sessionTtlMs} ms`);
+    }, ms);
+    this.expiry.set(session.id, timer);
+  }
+
   private onSessionEvent(session: ServerSession, ev: SessionEvent): void {
     switch (ev.type) {
-      case 'suspended': {
-        this.clearExpiry(session.id);
-        const timer = this.clock.setTimeout(() => {
-          this.expiry.delete(session.id);
-          if (session.state === 'detached') {
-            session.engine.lose('SESSION_EXPIRED', `not resumed within ${this.sessionTtlMs} ms`);
-          }
-        }, this.sessionTtlMs);
-        this.expiry.set(session.id, timer);
+      case 'suspended':
+        this.startDetachedTimer(session);
         return;
-      }
       case 'lost':
       case 'closed':
         this.clearExpiry(session.id);
+        if (this.sessions.get(session.id) !== session) return;
         this.sessions.delete(session.id);
         this.remember(
           session.id,

@@ -44,6 +44,14 @@ interface ReplayEntry {
   bytes: Uint8Array;
 }
 
+/** Sequence state and unacknowledged messages: the transport part of a continuation. */
+export interface TransportSnapshot {
+  sentSeq: number;
+  recvSeq: number;
+  peerAckedSeq: number;
+  unacked: Array<{ seq: number; channel: number; payload: Uint8Array }>;
+}
+
 export interface EngineStats {
   sentSeq: number;
   recvSeq: number;
@@ -298,6 +306,61 @@ export class SessionEngine extends Emitter<EngineEvents> {
     conn?.close(code, reason);
     this.releaseAll();
     this.emit('event', { type: 'closed', code, reason, byPeer: false });
+  }
+
+  /**
+   * The transport half of a continuation: sequence numbers and every unacknowledged message.
+   * Call it once the engine is detached, so nothing changes underneath.
+   */
+  exportTransport(): TransportSnapshot {
+    const unacked: TransportSnapshot['unacked'] = [];
+    for (let i = this.replayHead; i < this.replay.length; i++) {
+      const e = this.replay[i] as ReplayEntry;
+      const b = e.bytes;
+      unacked.push({
+        seq: e.seq,
+        channel: ((b[8] as number) << 8) | (b[9] as number),
+        payload: b.slice(DATA_OVERHEAD),
+      });
+    }
+    return { sentSeq: this.sentSeq, recvSeq: this.recvSeq, peerAckedSeq: this.peerAcked, unacked };
+  }
+
+  /** Rebuilds a detached engine from a continuation's transport state. */
+  static restore(t: TransportSnapshot, opts: EngineOptions = {}): SessionEngine {
+    const e = new SessionEngine(opts);
+    e.sentSeq = t.peerAckedSeq;
+    e.recvSeq = t.recvSeq;
+    e.peerAcked = t.peerAckedSeq;
+    e.ackedToPeer = t.recvSeq;
+    for (const u of t.unacked) {
+      if (u.seq !== e.sentSeq + 1) {
+        throw new RoamError('CONTINUATION_CORRUPT', `unacknowledged seq ${u.seq} does not follow ${e.sentSeq}`);
+      }
+      const bytes = encodeData(u.channel, u.seq, u.payload);
+      e.replay.push({ seq: u.seq, bytes });
+      e.replayBytes += bytes.length;
+      e.sentSeq = u.seq;
+    }
+    if (e.sentSeq !== t.sentSeq)
+      throw new RoamError('CONTINUATION_CORRUPT', 'unacknowledged messages do not end at sentSeq');
+    e.detachedAt = e.clock.now();
+    return e;
+  }
+
+  /**
+   * Leaves memory without ending the session: it lives on in a continuation. No event is emitted
+   * and the peer is told nothing (its transport, if any, is dropped so it resumes elsewhere).
+   */
+  retire(): void {
+    if (this._state === 'lost' || this._state === 'closed') return;
+    this._state = 'closed';
+    this.endReason = { code: 'NORMAL', message: 'suspended to a continuation' };
+    this.stopTimers();
+    const conn = this.conn;
+    this.conn = undefined;
+    conn?.abort();
+    this.releaseAll();
   }
 
   /** Sends an already-encoded control frame (MOVE) on the current transport, if any. */

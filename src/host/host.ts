@@ -1,0 +1,560 @@
+import { pathToFileURL } from 'node:url';
+import {
+  type Continuation,
+  decodeContinuation,
+  encodeContinuation,
+  type SessionContinuation,
+} from '../service/continuation.js';
+import type { ResumeHow } from '../service/define.js';
+import { compatMatches } from '../service/define.js';
+import type { InstanceSnapshot, ServiceMeta, SessionSnapshot } from '../service/protocol.js';
+import { type Clock, SessionEngine, type SessionKey, systemClock, toHex } from '../session/index.js';
+import type { Store } from '../store/index.js';
+import { nodeSessionCrypto } from '../transport/crypto-node.js';
+import type { Listener, ListenOptions } from '../transport/index.js';
+import { type CodeName, RoamError } from '../wire/index.js';
+import { createLogger, type Logger } from './logger.js';
+import { ServerSession, SessionServer, type SessionServerOptions } from './server.js';
+import { ServiceWorker } from './service-worker.js';
+
+/** A service module to load: its default export is a `defineService(...)` definition. */
+export interface ServiceModule {
+  /** Service name (must match the definition's). */
+  name: string;
+  /** Path or URL of the module. */
+  module: string | URL;
+  /** Worker heap limit in MiB (from the service's `requires.memoryMb`). */
+  memoryMb?: number;
+}
+
+export interface HostOptions {
+  /** Where continuations live. */
+  store: Store;
+  services: ServiceModule[];
+  /** A detached session is suspended to the Store after this long. Default 30 s. */
+  graceMs?: number;
+  /** Continuations expire after this long. Default 24 h. */
+  continuationTtlMs?: number;
+  /** How often expired continuations are collected. Default 60 s. */
+  gcIntervalMs?: number;
+  /** How long the reason of an expired session is remembered. Default 7 days. */
+  endedTtlMs?: number;
+  /** Passed through to the session server (limits, engine tunables, handshake timeouts). */
+  server?: Omit<SessionServerOptions, 'services' | 'restore' | 'onGrace' | 'detachedGraceMs' | 'clock' | 'logger'>;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+interface SessionEntry {
+  session: ServerSession;
+  service: string;
+  inst: string;
+  key: string | undefined;
+  dependsOn: Set<string>;
+  /** Set while a restore is wiring the session up: its `resumed` is not a reconnect. */
+  restoring: boolean;
+}
+
+interface InstanceEntry {
+  service: string;
+  key: string | undefined;
+  members: Set<string>;
+  attached: Set<string>;
+  idleTimer: ReturnType<Clock['setTimeout']> | undefined;
+}
+
+interface SessionMeta {
+  service: string;
+  inst: string;
+  key: string | null;
+  expiresAt: number;
+  dependents: string[];
+}
+
+const K = {
+  session: (sid: string) => `roam.session.${sid}`,
+  instance: (service: string, inst: string) => `roam.instance.${service}.${inst}`,
+  ended: (sid: string) => `roam.ended.${sid}`,
+};
+const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
+const unjson = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
+
+/**
+ * A host: accepts client sessions, runs service instances in worker threads, and suspends
+ * sessions and instances into continuations in a Store — so a session survives its client being
+ * away for hours, and the host itself restarting.
+ *
+ * @example
+ * const host = await Host.start({ store: await openSqliteStore({ path: 'roam.db' }),
+ *   services: [{ name: 'counter', module: new URL('./counter.js', import.meta.url) }] });
+ * await host.listen('ws://0.0.0.0:7071');
+ */
+export class Host {
+  readonly server: SessionServer;
+  private readonly workers = new Map<string, { worker: ServiceWorker; meta: ServiceMeta }>();
+  private readonly sessions = new Map<string, SessionEntry>();
+  private readonly instances = new Map<string, InstanceEntry>();
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly store: Store;
+  private readonly graceMs: number;
+  private readonly ttlMs: number;
+  private readonly endedTtlMs: number;
+  private gcTimer: ReturnType<typeof setInterval> | undefined;
+  private closing = false;
+  /** Counters for tests, metrics and benchmarks. */
+  readonly counters = { suspended: 0, restored: 0, instancesSuspended: 0, instancesRestored: 0, collected: 0 };
+
+  private constructor(private readonly opts: HostOptions) {
+    this.clock = opts.clock ?? systemClock;
+    this.log = opts.logger ?? createLogger('roam-host');
+    this.store = opts.store;
+    this.graceMs = opts.graceMs ?? 30_000;
+    this.ttlMs = opts.continuationTtlMs ?? 24 * 3600_000;
+    this.endedTtlMs = opts.endedTtlMs ?? 7 * 24 * 3600_000;
+    const services: SessionServerOptions['services'] = {};
+    for (const s of opts.services) services[s.name] = { open: (session) => this.onOpen(s.name, session) };
+    this.server = new SessionServer({
+      sessionTtlMs: this.ttlMs,
+      ...opts.server,
+      services,
+      clock: this.clock,
+      logger: this.log,
+      detachedGraceMs: this.graceMs,
+      onGrace: (session) => {
+        this.suspendSession(session.id).catch((err: unknown) =>
+          this.log.error({ session: session.id, err: (err as Error).message }, 'suspend failed'),
+        );
+      },
+      restore: (sid, verify) => this.restore(sid, verify),
+    });
+  }
+
+  /** Starts the service workers; rejects if a service module fails to load. */
+  static async start(opts: HostOptions): Promise<Host> {
+    const host = new Host(opts);
+    try {
+      for (const s of opts.services) {
+        const url = s.module instanceof URL ? s.module.href : pathToFileURL(s.module).href;
+        const worker = new ServiceWorker(
+          { module: url, service: s.name },
+          {
+            send: (sid, ch, data) => host.onWorkerSend(sid, ch, data),
+            close: (sid, reason) => host.sessions.get(sid)?.session.close(reason),
+            depends: (sid, on) => host.sessions.get(sid)?.dependsOn.add(on),
+          },
+          host.log.child({ service: s.name }),
+          s.memoryMb ? { maxOldGenerationSizeMb: s.memoryMb } : undefined,
+        );
+        const meta = await worker.ready;
+        if (meta.name !== s.name)
+          throw new RoamError('SERVICE_ERROR', `${s.module} defines ${meta.name}, not ${s.name}`);
+        host.workers.set(s.name, { worker, meta });
+      }
+    } catch (err) {
+      await host.stopWorkers();
+      throw err;
+    }
+    const gcMs = opts.gcIntervalMs ?? 60_000;
+    host.gcTimer = setInterval(() => {
+      host.collectGarbage().catch((err: unknown) => host.log.warn({ err: (err as Error).message }, 'gc failed'));
+    }, gcMs);
+    host.gcTimer.unref();
+    return host;
+  }
+
+  listen(url: string, opts?: ListenOptions): Promise<Listener> {
+    return this.server.listen(url, opts);
+  }
+
+  /** Sessions in memory (attached or detached within their grace period). */
+  get liveSessions(): number {
+    return this.sessions.size;
+  }
+  get liveInstances(): number {
+    return this.instances.size;
+  }
+
+  private worker(service: string): { worker: ServiceWorker; meta: ServiceMeta } {
+    const w = this.workers.get(service);
+    if (!w) throw new RoamError('UNKNOWN_SERVICE', `no service ${service} on this host`);
+    return w;
+  }
+
+  private onOpen(service: string, session: ServerSession): void {
+    const entry: SessionEntry = {
+      session,
+      service,
+      inst: '',
+      key: session.key,
+      dependsOn: new Set(),
+      restoring: false,
+    };
+    this.sessions.set(session.id, entry);
+    const { worker } = this.worker(service);
+    this.wire(entry);
+    worker.request<string>({ op: 'open', sid: session.id, key: session.key }).then(
+      (inst) => {
+        entry.inst = inst;
+        const ie = this.instanceEntry(inst, service, session.key);
+        ie.members.add(session.id);
+        if (session.state === 'attached') this.markAttached(ie, session.id);
+      },
+      (err: RoamError) => {
+        this.log.warn({ session: session.id, code: err.code, err: err.message }, 'open refused');
+        session.engine.lose(err.code, err.message);
+      },
+    );
+  }
+
+  private instanceEntry(inst: string, service: string, key: string | undefined): InstanceEntry {
+    let ie = this.instances.get(inst);
+    if (!ie) {
+      ie = { service, key, members: new Set(), attached: new Set(), idleTimer: undefined };
+      this.instances.set(inst, ie);
+    }
+    return ie;
+  }
+
+  /** Routes a session's messages to its worker and tracks attachment for idle suspension. */
+  private wire(entry: SessionEntry): void {
+    const { session } = entry;
+    const { worker } = this.worker(entry.service);
+    session.on('message', (data, ch) => {
+      // One copy into a buffer we own, then a transfer: the payload may be a view into a larger chunk.
+      const buf = data.slice().buffer;
+      worker.notify({ op: 'msg', sid: session.id, ch, data: buf }, [buf]);
+    });
+    session.on('event', (ev) => {
+      const ie = this.instances.get(entry.inst);
+      switch (ev.type) {
+        case 'suspended':
+          if (ie) this.markDetached(entry.inst, ie, session.id);
+          return;
+        case 'resumed':
+          if (ie) this.markAttached(ie, session.id);
+          if (!entry.restoring) worker.notify({ op: 'reconnected', sid: session.id });
+          entry.restoring = false;
+          return;
+        case 'lost':
+        case 'closed':
+          void this.onEnded(entry, ev.type === 'lost' ? ev.message : ev.reason);
+          return;
+        default:
+      }
+    });
+  }
+
+  private markAttached(ie: InstanceEntry, sid: string): void {
+    ie.attached.add(sid);
+    if (ie.idleTimer !== undefined) this.clock.clearTimeout(ie.idleTimer);
+    ie.idleTimer = undefined;
+  }
+
+  private markDetached(inst: string, ie: InstanceEntry, sid: string): void {
+    ie.attached.delete(sid);
+    if (ie.attached.size > 0 || ie.key === undefined || this.closing) return;
+    const { meta } = this.worker(ie.service);
+    if (ie.idleTimer !== undefined) this.clock.clearTimeout(ie.idleTimer);
+    ie.idleTimer = this.clock.setTimeout(() => {
+      ie.idleTimer = undefined;
+      this.suspendInstance(inst).catch((err: unknown) =>
+        this.log.error({ instance: inst, err: (err as Error).message }, 'idle suspend failed'),
+      );
+    }, meta.idleMs);
+  }
+
+  private async onEnded(entry: SessionEntry, reason: string): Promise<void> {
+    const sid = entry.session.id;
+    if (this.sessions.get(sid) !== entry) return;
+    this.sessions.delete(sid);
+    const { worker } = this.worker(entry.service);
+    await worker.request({ op: 'closeSession', sid, reason }).catch(() => {});
+    const ie = this.instances.get(entry.inst);
+    if (!ie) return;
+    ie.members.delete(sid);
+    ie.attached.delete(sid);
+    if (ie.members.size === 0 && ie.key === undefined) {
+      this.instances.delete(entry.inst);
+      await worker.request({ op: 'endInstance', inst: entry.inst }).catch(() => {});
+    } else if (ie.attached.size === 0) {
+      this.markDetached(entry.inst, ie, sid);
+    }
+  }
+
+  private onWorkerSend(sid: string, ch: number, data: Uint8Array): void {
+    const e = this.sessions.get(sid);
+    if (!e) {
+      this.log.warn({ session: sid }, 'service sent to a session that is no longer here');
+      return;
+    }
+    try {
+      e.session.send(data, ch);
+    } catch (err) {
+      // The session was lost (e.g. replay window exceeded); its `lost` event tells the service.
+      if (!(err instanceof RoamError)) throw err;
+    }
+  }
+
+  /**
+   * Suspends one session into an internal continuation in the Store and frees its memory; its
+   * dependents go with it. The client resumes later with a normal RESUME.
+   */
+  async suspendSession(sid: string, seen = new Set<string>()): Promise<void> {
+    const entry = this.sessions.get(sid);
+    if (!entry || seen.has(sid)) return;
+    seen.add(sid);
+    const { worker, meta } = this.worker(entry.service);
+    const engine = entry.session.engine;
+    // Freeze inbound first: every message received before this point was already posted to the
+    // worker, so the snapshot below accounts for all of them.
+    engine.dropTransport();
+    engine.detach('GOING_AWAY', 'suspending');
+    const dependents = [...this.sessions.values()].filter((e) => e.dependsOn.has(sid)).map((e) => e.session.id);
+    const snapshot = await worker.request<SessionSnapshot>({ op: 'suspendSession', sid });
+    const now = Date.now();
+    const sc: SessionContinuation = {
+      sessionId: entry.session.sessionId,
+      sessionKey: entry.session.keyForResume.raw,
+      state: snapshot.state,
+      exported: snapshot.exported,
+      transport: { ...engine.exportTransport(), inbound: [] },
+      dependsOn: snapshot.dependsOn,
+      suspendedAt: now,
+    };
+    const c: Continuation = {
+      kind: 'internal',
+      service: { name: meta.name, version: meta.version, compat: meta.compat },
+      instanceKey: entry.key ?? null,
+      instanceState: [],
+      timers: [],
+      sessions: [sc],
+      createdAt: now,
+      expiresAt: now + this.ttlMs,
+    };
+    await this.store.putBlob(K.session(sid), encodeContinuation(c));
+    const m: SessionMeta = {
+      service: entry.service,
+      inst: entry.inst,
+      key: entry.key ?? null,
+      expiresAt: c.expiresAt,
+      dependents,
+    };
+    await this.store.put(K.session(sid), json(m));
+    this.sessions.delete(sid);
+    this.server.forget(sid);
+    this.counters.suspended++;
+    const ie = this.instances.get(entry.inst);
+    if (ie) {
+      ie.members.delete(sid);
+      ie.attached.delete(sid);
+    }
+    for (const d of dependents) await this.suspendSession(d, seen);
+    if (ie && ie.members.size === 0 && (ie.key === undefined || this.closing)) await this.suspendInstance(entry.inst);
+  }
+
+  /**
+   * Suspends an instance into a complete continuation: its sessions first (each into its own
+   * continuation), then its state and timers. Frees the worker's memory for it.
+   */
+  async suspendInstance(inst: string): Promise<void> {
+    const ie = this.instances.get(inst);
+    if (!ie) return;
+    if (ie.idleTimer !== undefined) this.clock.clearTimeout(ie.idleTimer);
+    ie.idleTimer = undefined;
+    for (const sid of [...ie.members]) await this.suspendSession(sid);
+    if (!this.instances.has(inst)) return;
+    const { worker, meta } = this.worker(ie.service);
+    const snap = await worker.request<InstanceSnapshot>({ op: 'suspendInstance', inst });
+    const now = Date.now();
+    const c: Continuation = {
+      kind: 'complete',
+      service: { name: meta.name, version: meta.version, compat: meta.compat },
+      instanceKey: ie.key ?? null,
+      instanceState: snap.state,
+      timers: snap.timers,
+      sessions: [],
+      createdAt: now,
+      expiresAt: now + this.ttlMs,
+    };
+    const name = K.instance(ie.service, inst);
+    await this.store.putBlob(name, encodeContinuation(c));
+    await this.store.put(name, json({ service: ie.service, inst, expiresAt: c.expiresAt }));
+    this.instances.delete(inst);
+    this.counters.instancesSuspended++;
+  }
+
+  /** Finds a suspended session in the Store, checks the client's proof, and brings it back. */
+  private async restore(sid: string, verify: (key: SessionKey) => Promise<void>): Promise<ServerSession | undefined> {
+    const metaEntry = await this.store.get(K.session(sid));
+    if (!metaEntry) {
+      const ended = await this.store.get(K.ended(sid));
+      if (ended) {
+        const e = unjson<{ code: CodeName; message: string }>(ended.value);
+        throw new RoamError(e.code, e.message);
+      }
+      return undefined;
+    }
+    const meta = unjson<SessionMeta>(metaEntry.value);
+    const c = await this.loadContinuation(K.session(sid));
+    const sc = c.sessions[0];
+    if (!sc) throw new RoamError('CONTINUATION_CORRUPT', 'session continuation holds no session');
+    const key = await nodeSessionCrypto.importSessionKey(sc.sessionKey);
+    await verify(key);
+    // The client proved it holds the key. Everything below may change state.
+    if (c.expiresAt < Date.now()) {
+      await this.expire(sid, 'continuation expired');
+      throw new RoamError('SESSION_EXPIRED', 'the session expired while suspended');
+    }
+    const session = await this.bringBack(meta, c, sc, key);
+    for (const d of meta.dependents) {
+      await this.restoreDependent(d).catch((err: unknown) =>
+        this.log.warn({ session: d, err: (err as Error).message }, 'dependent not restored'),
+      );
+    }
+    return session;
+  }
+
+  private async restoreDependent(sid: string): Promise<void> {
+    if (this.sessions.has(sid)) return;
+    const m = await this.store.get(K.session(sid));
+    if (!m) return;
+    const meta = unjson<SessionMeta>(m.value);
+    const c = await this.loadContinuation(K.session(sid));
+    const sc = c.sessions[0];
+    if (!sc) return;
+    await this.bringBack(meta, c, sc, await nodeSessionCrypto.importSessionKey(sc.sessionKey));
+  }
+
+  private async loadContinuation(name: string): Promise<Continuation> {
+    const blob = await this.store.getBlob(name);
+    if (!blob) throw new RoamError('CONTINUATION_CORRUPT', `continuation ${name} is missing its blob`);
+    return decodeContinuation(blob);
+  }
+
+  private async bringBack(
+    meta: SessionMeta,
+    c: Continuation,
+    sc: SessionContinuation,
+    key: SessionKey,
+  ): Promise<ServerSession> {
+    const { worker, meta: svc } = this.worker(meta.service);
+    if (!compatMatches(c.service.compat, svc.compat)) {
+      // Kept in the Store: a host running a compatible version can still resume it.
+      throw new RoamError(
+        'INCOMPATIBLE',
+        `continuation needs compat [${c.service.compat.join(', ')}], ${svc.name} ${svc.version} offers [${svc.compat.join(', ')}]`,
+      );
+    }
+    const sid = toHex(sc.sessionId);
+    await this.ensureInstance(meta.service, meta.inst, meta.key ?? undefined);
+    const engine = SessionEngine.restore(sc.transport, { ...this.opts.server?.engine, clock: this.clock });
+    const session = new ServerSession(sc.sessionId, meta.service, meta.key ?? undefined, engine, key);
+    const entry: SessionEntry = {
+      session,
+      service: meta.service,
+      inst: meta.inst,
+      key: meta.key ?? undefined,
+      dependsOn: new Set(sc.dependsOn),
+      restoring: true,
+    };
+    this.sessions.set(sid, entry);
+    this.wire(entry);
+    const snapshot: SessionSnapshot = { state: sc.state, exported: sc.exported, dependsOn: sc.dependsOn };
+    const how: ResumeHow = 'restored';
+    await worker.request({ op: 'restoreSession', inst: meta.inst, sid, snapshot, how });
+    this.instanceEntry(meta.inst, meta.service, meta.key ?? undefined).members.add(sid);
+    this.server.adopt(session);
+    await this.store.delete(K.session(sid));
+    await this.store.deleteBlob(K.session(sid));
+    this.counters.restored++;
+    return session;
+  }
+
+  /** Makes sure the instance runs: from its complete continuation if it has one, else fresh. */
+  private async ensureInstance(service: string, inst: string, key: string | undefined): Promise<void> {
+    if (this.instances.has(inst)) return;
+    const { worker, meta } = this.worker(service);
+    const name = K.instance(service, inst);
+    const stored = await this.store.get(name);
+    let snapshot: InstanceSnapshot = { state: [], timers: [] };
+    if (stored) {
+      const c = await this.loadContinuation(name);
+      if (!compatMatches(c.service.compat, meta.compat)) {
+        throw new RoamError('INCOMPATIBLE', `instance continuation needs compat [${c.service.compat.join(', ')}]`);
+      }
+      snapshot = { state: c.instanceState, timers: c.timers };
+    }
+    await worker.request({ op: 'restoreInstance', inst, key, snapshot });
+    this.instanceEntry(inst, service, key);
+    if (stored) {
+      await this.store.delete(name);
+      await this.store.deleteBlob(name);
+      this.counters.instancesRestored++;
+    }
+  }
+
+  private async expire(sid: string, message: string): Promise<void> {
+    await this.store.put(K.ended(sid), json({ code: 'SESSION_EXPIRED', message, at: Date.now() }));
+    await this.store.delete(K.session(sid));
+    await this.store.deleteBlob(K.session(sid));
+  }
+
+  /** Deletes expired continuations (leaving a short record so a late client learns `expired`). */
+  async collectGarbage(now = Date.now()): Promise<number> {
+    let n = 0;
+    for (const e of await this.store.list('roam.session.')) {
+      const m = unjson<SessionMeta>(e.value);
+      if (m.expiresAt < now) {
+        await this.expire(e.key.slice('roam.session.'.length), 'continuation expired and was collected');
+        n++;
+      }
+    }
+    for (const e of await this.store.list('roam.instance.')) {
+      const m = unjson<{ expiresAt: number }>(e.value);
+      if (m.expiresAt < now) {
+        await this.store.delete(e.key);
+        await this.store.deleteBlob(e.key);
+        n++;
+      }
+    }
+    for (const e of await this.store.list('roam.ended.')) {
+      if (unjson<{ at: number }>(e.value).at + this.endedTtlMs < now) await this.store.delete(e.key);
+    }
+    this.counters.collected += n;
+    return n;
+  }
+
+  /** Where a session is: `live` in memory, `suspended` in the Store, or unknown. */
+  async whereIs(sid: string): Promise<'live' | 'suspended' | 'unknown'> {
+    if (this.sessions.has(sid)) return 'live';
+    return (await this.store.get(K.session(sid))) ? 'suspended' : 'unknown';
+  }
+
+  /**
+   * Stops the host without losing anything: every session and instance is suspended to the Store
+   * (clients see their transport drop and resume when a host is back), then listeners close.
+   */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    if (this.gcTimer) clearInterval(this.gcTimer);
+    for (const sid of [...this.sessions.keys()]) {
+      await this.suspendSession(sid).catch((err: unknown) =>
+        this.log.error({ session: sid, err: (err as Error).message }, 'suspend on close failed'),
+      );
+    }
+    for (const inst of [...this.instances.keys()]) {
+      await this.suspendInstance(inst).catch((err: unknown) =>
+        this.log.error({ instance: inst, err: (err as Error).message }, 'instance suspend on close failed'),
+      );
+    }
+    await this.server.close();
+    await this.stopWorkers();
+  }
+
+  private async stopWorkers(): Promise<void> {
+    await Promise.all([...this.workers.values()].map((w) => w.worker.terminate()));
+    this.workers.clear();
+  }
+}

@@ -1,0 +1,298 @@
+import { parentPort, workerData } from 'node:worker_threads';
+import { RoamError } from '../wire/index.js';
+import type { InstanceContext, ResumeHow, ServiceDefinition, ServiceSession } from './define.js';
+import type { FromWorker, InstanceSnapshot, SessionSnapshot, ToWorker, WorkerInit, WorkerStats } from './protocol.js';
+import { StateStore } from './state.js';
+import { MigratableTimers, systemWallClock, type TimerRecord } from './timers.js';
+
+/**
+ * The service side of a host: runs in a worker thread, holds every instance of one service with
+ * its state stores and timers, and talks to the main thread only through messages.
+ */
+
+const port = parentPort;
+if (!port) throw new Error('roam service worker must run in a worker thread');
+const init = workerData as WorkerInit;
+const enc = new TextEncoder();
+
+function post(m: FromWorker, transfer?: ArrayBuffer[]): void {
+  (port as NonNullable<typeof port>).postMessage(m, transfer ?? []);
+}
+
+function toBuffer(data: Uint8Array | string): ArrayBuffer {
+  const bytes = typeof data === 'string' ? enc.encode(data) : data;
+  // A fresh buffer we own, so it can be transferred instead of copied again.
+  const out = new ArrayBuffer(bytes.byteLength);
+  new Uint8Array(out).set(bytes);
+  return out;
+}
+
+class WSession implements ServiceSession {
+  readonly dependencies = new Set<string>();
+  constructor(
+    readonly id: string,
+    readonly state: StateStore,
+  ) {}
+  send(data: Uint8Array | string, channel = 0): void {
+    const buf = toBuffer(data);
+    post({ t: 'send', sid: this.id, ch: channel, data: buf }, [buf]);
+  }
+  export(key: string): void {
+    this.state.export(key);
+  }
+  dependsOn(other: string): void {
+    if (other === this.id || this.dependencies.has(other)) return;
+    this.dependencies.add(other);
+    post({ t: 'depends', sid: this.id, on: other });
+  }
+  close(reason = ''): void {
+    post({ t: 'close', sid: this.id, reason });
+  }
+  snapshot(): SessionSnapshot {
+    return { state: this.state.snapshot(), exported: this.state.exported(), dependsOn: [...this.dependencies] };
+  }
+}
+
+class Instance {
+  readonly sessions = new Map<string, WSession>();
+  readonly ctx: InstanceContext;
+  readonly timers: MigratableTimers;
+  private queue: Array<() => unknown> = [];
+  private running = false;
+
+  constructor(
+    readonly id: string,
+    readonly key: string | undefined,
+    readonly state: StateStore,
+    timers: TimerRecord[] | undefined,
+  ) {
+    const opts = {
+      clock: systemWallClock,
+      fire: (name: string) => this.run(() => def.timer?.(this.ctx, name)),
+      onError: (err: unknown) => report(err, this.id),
+    };
+    this.timers = timers ? MigratableTimers.restore(timers, opts) : new MigratableTimers(opts);
+    const self = this;
+    this.ctx = {
+      service: def.name,
+      key,
+      state,
+      timers: {
+        setTimeout: (n, ms) => self.timers.setTimeout(n, ms),
+        setInterval: (n, ms, o) => self.timers.setInterval(n, ms, o),
+        clear: (n) => self.timers.clear(n),
+        has: (n) => self.timers.has(n),
+      },
+      sessions: () => [...self.sessions.values()],
+      broadcast(data, o = {}) {
+        for (const s of self.sessions.values()) if (s !== o.except) s.send(data, o.channel ?? 0);
+      },
+      log(msg, fields = {}) {
+        post({ t: 'log', level: 'info', msg, fields: { ...fields, instance: self.id } });
+      },
+    };
+  }
+
+  /** Runs hooks one at a time, in arrival order, even when they are async. */
+  run<T>(fn: () => T | Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push(async () => {
+        try {
+          resolve(await fn());
+        } catch (err) {
+          reject(err);
+        }
+      });
+      if (!this.running) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    for (let job = this.queue.shift(); job; job = this.queue.shift()) await job();
+    this.running = false;
+  }
+}
+
+function report(err: unknown, instance: string): void {
+  const e = err as Error;
+  post({ t: 'log', level: 'error', msg: 'service hook threw', fields: { instance, err: e?.message ?? String(err) } });
+}
+
+async function load(): Promise<ServiceDefinition> {
+  const mod = (await import(init.module)) as { default?: ServiceDefinition };
+  const d = mod.default;
+  if (!d || typeof d.message !== 'function') {
+    throw new Error(`${init.module} has no default export made with defineService()`);
+  }
+  if (d.name !== init.service) throw new Error(`${init.module} defines service ${d.name}, expected ${init.service}`);
+  return d;
+}
+const def: ServiceDefinition = await load();
+
+const instances = new Map<string, Instance>();
+/** Which instance each session belongs to, so the main thread can address sessions alone. */
+const bySession = new Map<string, Instance>();
+
+function instanceOf(inst: string): Instance {
+  const i = instances.get(inst);
+  if (!i) throw new RoamError('INVALID_STATE', `no running instance ${inst}`);
+  return i;
+}
+
+function sessionOf(sid: string): [Instance, WSession] {
+  const i = bySession.get(sid);
+  const s = i?.sessions.get(sid);
+  if (!i || !s) throw new RoamError('INVALID_STATE', `no session ${sid}`);
+  return [i, s];
+}
+
+/** Instance ids are Store-key safe: `k` + base64url(key) for keyed instances, `s` + session id otherwise. */
+function instanceId(key: string | undefined, sid: string): string {
+  return key === undefined ? `s${sid}` : `k${Buffer.from(key, 'utf8').toString('base64url')}`;
+}
+
+async function ensureInstance(inst: string, key: string | undefined): Promise<Instance> {
+  let i = instances.get(inst);
+  if (!i) {
+    i = new Instance(inst, key, new StateStore(), undefined);
+    instances.set(inst, i);
+    const fresh = i;
+    await fresh.run(() => def.init?.(fresh.ctx));
+  }
+  return i;
+}
+
+async function handle(m: ToWorker): Promise<unknown> {
+  switch (m.op) {
+    case 'open': {
+      let key: string | undefined;
+      try {
+        key = def.key ? def.key(m.key) : m.key;
+      } catch (err) {
+        throw new RoamError('INVALID_ARGUMENT', `instance key refused: ${(err as Error)?.message ?? err}`);
+      }
+      const inst = instanceId(key, m.sid);
+      const i = await ensureInstance(inst, key);
+      const s = new WSession(m.sid, new StateStore());
+      i.sessions.set(m.sid, s);
+      bySession.set(m.sid, i);
+      await i.run(() => def.open?.(i.ctx, s));
+      return inst;
+    }
+    case 'msg': {
+      const i = bySession.get(m.sid);
+      const s = i?.sessions.get(m.sid);
+      if (!i || !s) return undefined;
+      i.run(() => def.message(i.ctx, s, new Uint8Array(m.data), m.ch)).catch((err) => report(err, i.id));
+      return undefined;
+    }
+    case 'reconnected': {
+      const i = bySession.get(m.sid);
+      const s = i?.sessions.get(m.sid);
+      if (i && s) i.run(() => def.resume?.(i.ctx, s, 'reconnected')).catch((err) => report(err, i.id));
+      return undefined;
+    }
+    case 'suspendSession': {
+      const [i, s] = sessionOf(m.sid);
+      return i.run(async () => {
+        try {
+          await def.suspend?.(i.ctx, s);
+        } catch (err) {
+          report(err, i.id);
+        }
+        i.sessions.delete(m.sid);
+        bySession.delete(m.sid);
+        // A per-session instance stops with its session: ticking on alone would change state no
+        // client ever sees (a counter would skip indices).
+        if (i.key === undefined && i.sessions.size === 0) i.timers.suspend();
+        return s.snapshot();
+      });
+    }
+    case 'restoreSession': {
+      const i = instanceOf(m.inst);
+      const s = new WSession(m.sid, StateStore.restore(m.snapshot.state, { exported: m.snapshot.exported }));
+      for (const d of m.snapshot.dependsOn) s.dependencies.add(d);
+      i.sessions.set(m.sid, s);
+      bySession.set(m.sid, i);
+      i.timers.resume();
+      await i.run(async () => {
+        for (const k of s.state.exported()) if (s.state.has(k)) s.send(encodeExport(k, s.state), EXPORT_CHANNEL);
+        await def.resume?.(i.ctx, s, m.how as ResumeHow);
+      });
+      return undefined;
+    }
+    case 'closeSession': {
+      const i = bySession.get(m.sid);
+      const s = i?.sessions.get(m.sid);
+      if (!i || !s) return undefined;
+      bySession.delete(m.sid);
+      return i.run(async () => {
+        i.sessions.delete(m.sid);
+        await def.close?.(i.ctx, s, m.reason);
+      });
+    }
+    case 'endInstance': {
+      const i = instances.get(m.inst);
+      if (!i) return undefined;
+      return i.run(() => {
+        i.timers.dispose();
+        for (const sid of i.sessions.keys()) bySession.delete(sid);
+        instances.delete(m.inst);
+      });
+    }
+    case 'suspendInstance': {
+      const i = instanceOf(m.inst);
+      return i.run((): InstanceSnapshot => {
+        if (i.sessions.size > 0) throw new RoamError('INVALID_STATE', `instance ${i.id} still has sessions`);
+        const timers = i.timers.suspend();
+        i.timers.dispose();
+        instances.delete(m.inst);
+        return { state: i.state.snapshot(), timers };
+      });
+    }
+    case 'restoreInstance': {
+      if (instances.has(m.inst)) throw new RoamError('INVALID_STATE', `instance ${m.inst} is already running`);
+      const i = new Instance(m.inst, m.key, StateStore.restore(m.snapshot.state), m.snapshot.timers);
+      // A per-session instance waits for its session before its timers run (see suspendSession).
+      if (m.key === undefined) i.timers.suspend();
+      instances.set(m.inst, i);
+      return undefined;
+    }
+    case 'stats': {
+      let sessions = 0;
+      for (const i of instances.values()) sessions += i.sessions.size;
+      const stats: WorkerStats = { instances: instances.size, sessions, heapUsed: process.memoryUsage().heapUsed };
+      return stats;
+    }
+  }
+}
+
+/** Exported values travel on a reserved channel as `key\0msgpack-bytes`. */
+export const EXPORT_CHANNEL = 0xffff;
+function encodeExport(key: string, state: StateStore): Uint8Array {
+  const k = enc.encode(key);
+  const v = state.snapshot().find(([name]) => name === key)?.[1] ?? new Uint8Array(0);
+  const out = new Uint8Array(k.length + 1 + v.length);
+  out.set(k, 0);
+  out.set(v, k.length + 1);
+  return out;
+}
+
+port.on('message', (m: ToWorker) => {
+  const id = 'id' in m ? m.id : undefined;
+  handle(m).then(
+    (value) => {
+      if (id !== undefined) post({ t: 'reply', id, ok: true, value });
+    },
+    (err: unknown) => {
+      const e = err instanceof RoamError ? err : new RoamError('SERVICE_ERROR', (err as Error)?.message ?? String(err));
+      if (id !== undefined) post({ t: 'reply', id, ok: false, code: e.code, message: e.message });
+      else report(err, 'inst' in m ? m.inst : '-');
+    },
+  );
+});
+post({
+  t: 'ready',
+  meta: { name: def.name, version: def.version, compat: def.compat ?? [], idleMs: def.idleMs ?? 60_000 },
+});
