@@ -86,6 +86,7 @@ const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
   'HANDSHAKE_FAILED',
   'UNKNOWN_SERVICE',
   'RESUME_SEQ_INVALID',
+  'CONTINUATION_CORRUPT',
 ]);
 const FATAL_ON_HELLO: ReadonlySet<CodeName> = new Set<CodeName>(['UNKNOWN_SERVICE', 'HANDSHAKE_FAILED', 'OVERLOADED']);
 

@@ -8,7 +8,7 @@ import {
 import type { ResumeHow } from '../service/define.js';
 import { compatMatches } from '../service/define.js';
 import type { InstanceSnapshot, ServiceMeta, SessionSnapshot } from '../service/protocol.js';
-import { type Clock, SessionEngine, type SessionKey, systemClock, toHex } from '../session/index.js';
+import { type Clock, Emitter, SessionEngine, type SessionKey, systemClock, toHex } from '../session/index.js';
 import type { Store } from '../store/index.js';
 import { nodeSessionCrypto } from '../transport/crypto-node.js';
 import type { Listener, ListenOptions } from '../transport/index.js';
@@ -89,7 +89,16 @@ const unjson = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) 
  *   services: [{ name: 'counter', module: new URL('./counter.js', import.meta.url) }] });
  * await host.listen('ws://0.0.0.0:7071');
  */
-export class Host {
+/** What a host reports as sessions and instances leave and re-enter memory. */
+export type HostEvents = {
+  /** A session's continuation (and, for a per-session instance, the instance's) is in the Store. */
+  suspended: [{ session: string; instance: string }];
+  instanceSuspended: [{ instance: string; service: string }];
+  /** A suspended session is back in memory. */
+  restored: [{ session: string; instance: string }];
+};
+
+export class Host extends Emitter<HostEvents> {
   readonly server: SessionServer;
   private readonly workers = new Map<string, { worker: ServiceWorker; meta: ServiceMeta }>();
   private readonly sessions = new Map<string, SessionEntry>();
@@ -102,10 +111,13 @@ export class Host {
   private readonly endedTtlMs: number;
   private gcTimer: ReturnType<typeof setInterval> | undefined;
   private closing = false;
+  /** Suspensions under way, by session id or `instance:<id>`. */
+  private readonly inFlight = new Map<string, Promise<void>>();
   /** Counters for tests, metrics and benchmarks. */
   readonly counters = { suspended: 0, restored: 0, instancesSuspended: 0, instancesRestored: 0, collected: 0 };
 
   private constructor(private readonly opts: HostOptions) {
+    super();
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? createLogger('roam-host');
     this.store = opts.store;
@@ -304,6 +316,20 @@ export class Host {
     const entry = this.sessions.get(sid);
     if (!entry || seen.has(sid)) return;
     seen.add(sid);
+    const done = this.doSuspendSession(sid, entry, seen);
+    // A RESUME that arrives mid-suspension waits for the continuation instead of finding nothing.
+    this.inFlight.set(
+      sid,
+      done.catch(() => {}),
+    );
+    try {
+      await done;
+    } finally {
+      this.inFlight.delete(sid);
+    }
+  }
+
+  private async doSuspendSession(sid: string, entry: SessionEntry, seen: Set<string>): Promise<void> {
     const { worker, meta } = this.worker(entry.service);
     const engine = entry.session.engine;
     // Freeze inbound first: every message received before this point was already posted to the
@@ -333,6 +359,20 @@ export class Host {
       expiresAt: now + this.ttlMs,
     };
     await this.store.putBlob(K.session(sid), encodeContinuation(c));
+    this.sessions.delete(sid);
+    this.server.forget(sid);
+    const ie = this.instances.get(entry.inst);
+    if (ie) {
+      ie.members.delete(sid);
+      ie.attached.delete(sid);
+    }
+    for (const d of dependents) await this.suspendSession(d, seen);
+    // The instance goes to the Store before the session's meta record, which is the commit
+    // point: a crash in between leaves no session that points at a missing instance.
+    const instanceGoing = this.inFlight.has(`instance:${entry.inst}`);
+    if (ie && !instanceGoing && ie.members.size === 0 && (ie.key === undefined || this.closing)) {
+      await this.suspendInstance(entry.inst);
+    }
     const m: SessionMeta = {
       service: entry.service,
       inst: entry.inst,
@@ -341,16 +381,8 @@ export class Host {
       dependents,
     };
     await this.store.put(K.session(sid), json(m));
-    this.sessions.delete(sid);
-    this.server.forget(sid);
     this.counters.suspended++;
-    const ie = this.instances.get(entry.inst);
-    if (ie) {
-      ie.members.delete(sid);
-      ie.attached.delete(sid);
-    }
-    for (const d of dependents) await this.suspendSession(d, seen);
-    if (ie && ie.members.size === 0 && (ie.key === undefined || this.closing)) await this.suspendInstance(entry.inst);
+    this.emit('suspended', { session: sid, instance: entry.inst });
   }
 
   /**
@@ -360,6 +392,21 @@ export class Host {
   async suspendInstance(inst: string): Promise<void> {
     const ie = this.instances.get(inst);
     if (!ie) return;
+    const pending = this.inFlight.get(`instance:${inst}`);
+    if (pending) return pending;
+    const done = this.doSuspendInstance(inst, ie);
+    this.inFlight.set(
+      `instance:${inst}`,
+      done.catch(() => {}),
+    );
+    try {
+      await done;
+    } finally {
+      this.inFlight.delete(`instance:${inst}`);
+    }
+  }
+
+  private async doSuspendInstance(inst: string, ie: InstanceEntry): Promise<void> {
     if (ie.idleTimer !== undefined) this.clock.clearTimeout(ie.idleTimer);
     ie.idleTimer = undefined;
     for (const sid of [...ie.members]) await this.suspendSession(sid);
@@ -382,10 +429,17 @@ export class Host {
     await this.store.put(name, json({ service: ie.service, inst, expiresAt: c.expiresAt }));
     this.instances.delete(inst);
     this.counters.instancesSuspended++;
+    this.emit('instanceSuspended', { instance: inst, service: ie.service });
   }
 
   /** Finds a suspended session in the Store, checks the client's proof, and brings it back. */
   private async restore(sid: string, verify: (key: SessionKey) => Promise<void>): Promise<ServerSession | undefined> {
+    await this.inFlight.get(sid);
+    const live = this.sessions.get(sid);
+    if (live) {
+      await verify(live.session.keyForResume);
+      return live.session;
+    }
     const metaEntry = await this.store.get(K.session(sid));
     if (!metaEntry) {
       const ended = await this.store.get(K.ended(sid));
@@ -468,11 +522,13 @@ export class Host {
     await this.store.delete(K.session(sid));
     await this.store.deleteBlob(K.session(sid));
     this.counters.restored++;
+    this.emit('restored', { session: sid, instance: meta.inst });
     return session;
   }
 
   /** Makes sure the instance runs: from its complete continuation if it has one, else fresh. */
   private async ensureInstance(service: string, inst: string, key: string | undefined): Promise<void> {
+    await this.inFlight.get(`instance:${inst}`);
     if (this.instances.has(inst)) return;
     const { worker, meta } = this.worker(service);
     const name = K.instance(service, inst);

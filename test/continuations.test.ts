@@ -1,0 +1,270 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { connect, type Session } from '../src/client/node.js';
+import type { Host } from '../src/host/index.js';
+import type { RoamError } from '../src/wire/index.js';
+import { startTestHost } from './support/host.js';
+import { gatedConnector, nextEvent } from './support/server.js';
+
+const dec = new TextDecoder();
+
+/** Resolves when the host has stored `sid`'s continuation (and its per-session instance's). */
+function suspendedOn(host: Host, sid: () => string | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const fn = (e: { session: string }): void => {
+      if (e.session === sid()) {
+        host.off('suspended', fn);
+        resolve();
+      }
+    };
+    host.on('suspended', fn);
+  });
+}
+
+/** Collects counter indices and checks they stay contiguous. */
+function counterClient(s: Session): { got: number[]; control: string[]; until(n: number): Promise<void> } {
+  const got: number[] = [];
+  const control: string[] = [];
+  const waiters: Array<() => void> = [];
+  s.on('message', (d, ch) => {
+    if (ch === 1) control.push(dec.decode(d));
+    if (ch !== 0) return;
+    const v = Number(dec.decode(d));
+    assert.equal(v, got.length + 1, `index ${v} after ${got.length}`);
+    got.push(v);
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    got,
+    control,
+    async until(n) {
+      while (got.length < n) await new Promise<void>((r) => waiters.push(r));
+    },
+  };
+}
+
+describe('continuations', () => {
+  it('a session away past its grace period is suspended to the Store, frees its memory, and resumes intact', async (t) => {
+    const h = await startTestHost({ graceMs: 50 });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const s = connect(h.url, { service: 'counter', connector: gate, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
+    t.after(() => s.close());
+    const c = counterClient(s);
+    await s.ready;
+    s.send('pad 4096');
+    s.send('start 5');
+    await c.until(10);
+
+    const stored = suspendedOn(h.host, () => s.id);
+    gate.open = false;
+    s.reconnectNow();
+    await stored;
+    assert.equal(await h.host.whereIs(s.id as string), 'suspended');
+    assert.equal(h.host.liveSessions, 0, 'no session left in memory');
+    assert.equal(h.host.liveInstances, 0, 'the per-session instance was suspended with it');
+    assert.equal(h.host.server.sessionCount, 0);
+
+    const resumed = nextEvent(s, 'resumed');
+    gate.open = true;
+    await resumed;
+    const before = c.got.length;
+    await c.until(before + 10);
+    assert.deepEqual(c.control, ['resumed:restored']);
+    assert.equal(h.host.counters.restored, 1);
+    assert.equal(h.host.counters.instancesRestored, 1);
+    assert.equal(await h.host.whereIs(s.id as string), 'live');
+  });
+
+  it('survives SIGKILL of the host: a restarted host resumes suspended sessions with state and timers', async (t) => {
+    const { spawnHost } = await import('./support/host-spawn.js');
+    const first = await spawnHost({ graceMs: 50 });
+    t.after(() => first.cleanup());
+    const gate = gatedConnector();
+    const s = connect(first.url, {
+      service: 'counter',
+      connector: gate,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 50 },
+    });
+    t.after(() => s.close());
+    const c = counterClient(s);
+    await s.ready;
+    s.send('start 5');
+    await c.until(20);
+    gate.open = false;
+    s.reconnectNow();
+    await first.waitSuspended(s.id as string);
+    first.kill('SIGKILL');
+    await first.exited;
+
+    const second = await first.restart();
+    const resumed = nextEvent(s, 'resumed');
+    gate.open = true;
+    await resumed;
+    const n = c.got.length;
+    await c.until(n + 20);
+    assert.ok(c.got.length >= 40, 'the counter continued from its continuation');
+    assert.deepEqual(c.control, ['resumed:restored']);
+    second.kill('SIGTERM');
+    await second.exited;
+  });
+
+  it('expired continuations are collected and a late client gets lost(expired)', async (t) => {
+    const h = await startTestHost({ graceMs: 20, continuationTtlMs: 100 });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const s = connect(h.url, { service: 'counter', connector: gate, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
+    t.after(() => s.close());
+    await s.ready;
+    const stored = suspendedOn(h.host, () => s.id);
+    gate.open = false;
+    s.reconnectNow();
+    await stored;
+    assert.equal(await h.host.collectGarbage(Date.now() + 1000), 2, 'the session and its per-session instance');
+    assert.equal(await h.host.whereIs(s.id as string), 'unknown');
+    assert.equal(await h.store.getBlob(`roam.session.${s.id}`), undefined, 'the blob is gone too');
+    const lost = nextEvent(s, 'lost');
+    gate.open = true;
+    const ev = await lost;
+    assert.equal(ev.reason, 'expired');
+  });
+
+  it('refuses an incompatible service version, keeps the continuation, and resumes on a compatible one', async (t) => {
+    const { spawnHost } = await import('./support/host-spawn.js');
+    const v1 = await spawnHost({ graceMs: 30 });
+    t.after(() => v1.cleanup());
+    const gate = gatedConnector();
+    const s = connect(v1.url, {
+      service: 'counter',
+      connector: gate,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 30 },
+    });
+    t.after(() => s.close());
+    const c = counterClient(s);
+    await s.ready;
+    s.send('start 5');
+    await c.until(5);
+    gate.open = false;
+    s.reconnectNow();
+    await v1.waitSuspended(s.id as string);
+    v1.kill('SIGTERM');
+    await v1.exited;
+
+    const v2 = await v1.restart({ counterModule: 'counterV2' });
+    const refused = new Promise<RoamError>((resolve) => {
+      const onWarning = (w: RoamError): void => {
+        if (w.code === 'INCOMPATIBLE') {
+          s.off('warning', onWarning);
+          resolve(w);
+        }
+      };
+      s.on('warning', onWarning);
+    });
+    gate.open = true;
+    assert.match((await refused).message, /counter\/1/);
+    gate.open = false;
+    v2.kill('SIGTERM');
+    await v2.exited;
+
+    const again = await v1.restart();
+    const resumed = nextEvent(s, 'resumed');
+    gate.open = true;
+    await resumed;
+    await c.until(c.got.length + 5);
+    assert.equal(s.state, 'open');
+    again.kill('SIGTERM');
+    await again.exited;
+  });
+
+  it('keyed instance: a suspended member comes back into the running room (internal continuation)', async (t) => {
+    const h = await startTestHost({ graceMs: 30 });
+    t.after(() => h.close());
+    const alice = connect(h.url, { service: 'room', key: 'lobby' });
+    const gate = gatedConnector();
+    const bob = connect(h.url, {
+      service: 'room',
+      key: 'lobby',
+      connector: gate,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    t.after(() => {
+      alice.close();
+      bob.close();
+    });
+    await Promise.all([alice.ready, bob.ready]);
+    bob.send('/nick bob');
+    const heard = new Promise<string>((r) => alice.once('message', (d) => r(dec.decode(d))));
+    bob.send('hi');
+    assert.equal(await heard, 'bob: hi');
+
+    const stored = suspendedOn(h.host, () => bob.id);
+    gate.open = false;
+    bob.reconnectNow();
+    await stored;
+    assert.equal(h.host.liveInstances, 1, 'the room keeps running for alice');
+    alice.send('are you there?');
+
+    const control = new Promise<string>((r) => bob.on('message', (d, ch) => ch === 1 && r(dec.decode(d))));
+    gate.open = true;
+    assert.equal(await control, 'restored as bob; 2 lines');
+    const next = new Promise<string>((r) => alice.once('message', (d) => r(dec.decode(d))));
+    bob.send('back');
+    assert.equal(await next, 'bob: back');
+  });
+
+  it('dependencies: suspending a session suspends its dependents, and they are restored together', async (t) => {
+    const h = await startTestHost({ graceMs: 30 });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const main = connect(h.url, {
+      service: 'room',
+      key: 'ssh',
+      connector: gate,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const x11 = connect(h.url, { service: 'room', key: 'ssh', reconnect: { initialDelayMs: 5 } });
+    t.after(() => {
+      main.close();
+      x11.close();
+    });
+    await Promise.all([main.ready, x11.ready]);
+    x11.send(`/depends ${main.id}`);
+    const echo = new Promise<void>((r) => x11.once('message', () => r()));
+    x11.send('ping');
+    await echo;
+
+    const x11Stored = suspendedOn(h.host, () => x11.id);
+    const mainStored = suspendedOn(h.host, () => main.id);
+    gate.open = false;
+    main.reconnectNow();
+    await Promise.all([x11Stored, mainStored]);
+    assert.equal(await h.host.whereIs(x11.id as string), 'suspended');
+    assert.equal(await h.host.whereIs(main.id as string), 'suspended');
+
+    gate.open = true;
+    await Promise.all([nextEvent(main, 'resumed'), nextEvent(x11, 'resumed')]);
+    assert.equal(h.host.counters.restored, 2);
+  });
+
+  it('a corrupted continuation is refused whole, never half-restored', async (t) => {
+    const h = await startTestHost({ graceMs: 20 });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const s = connect(h.url, { service: 'counter', connector: gate, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
+    t.after(() => s.close());
+    await s.ready;
+    const stored = suspendedOn(h.host, () => s.id);
+    gate.open = false;
+    s.reconnectNow();
+    await stored;
+    const name = `roam.session.${s.id}`;
+    const blob = (await h.store.getBlob(name)) as Uint8Array;
+    blob[blob.length >> 1] = (blob[blob.length >> 1] as number) ^ 0xff;
+    await h.store.putBlob(name, blob);
+    const lost = nextEvent(s, 'lost');
+    gate.open = true;
+    assert.equal((await lost).code, 'CONTINUATION_CORRUPT');
+    assert.equal(h.host.liveSessions, 0);
+    assert.equal(h.host.liveInstances, 0);
+  });
+});

@@ -1,0 +1,47 @@
+import { Host, type HostOptions, silentLogger } from '../../src/host/index.js';
+import { openSqliteStore, type Store } from '../../src/store/index.js';
+import { tempDir } from './server.js';
+
+export const SERVICES = {
+  counter: new URL('./services/counter.ts', import.meta.url).pathname,
+  counterV2: new URL('./services/counter-v2.ts', import.meta.url).pathname,
+  room: new URL('./services/room.ts', import.meta.url).pathname,
+};
+
+export interface TestHost {
+  host: Host;
+  store: Store;
+  url: string;
+  dbPath: string;
+  close(): Promise<void>;
+}
+
+/** An in-process Host on a fresh SQLite file, listening on tcp://127.0.0.1:0. */
+export async function startTestHost(
+  opts: Partial<HostOptions> & { dir?: string; listen?: string } = {},
+): Promise<TestHost> {
+  const dir = opts.dir ? undefined : await tempDir();
+  const dbPath = `${opts.dir ?? dir?.path}/roam.db`;
+  const store = opts.store ?? (await openSqliteStore({ path: dbPath }));
+  const host = await Host.start({
+    logger: silentLogger(),
+    services: [
+      { name: 'counter', module: SERVICES.counter },
+      { name: 'room', module: SERVICES.room },
+    ],
+    ...opts,
+    store,
+  });
+  const l = await host.listen(opts.listen ?? 'tcp://127.0.0.1:0');
+  return {
+    host,
+    store,
+    url: l.url,
+    dbPath,
+    close: async () => {
+      await host.close();
+      await store.close();
+      await dir?.cleanup();
+    },
+  };
+}
