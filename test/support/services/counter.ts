@@ -20,7 +20,7 @@ export default defineService({
     ctx.state.set('i', i);
     ctx.broadcast(String(i));
   },
-  resume(ctx, session, how) {
+  resume(_ctx, session, how) {
     session.send(`resumed:${how}`, 1);
   },
 });
