@@ -205,7 +205,9 @@ describe('continuations', () => {
     alice.send('are you there?');
 
     const control = new Promise<string>((r) => bob.on('message', (d, ch) => ch === 1 && r(dec.decode(d))));
+    const exported = new Promise<[string, unknown]>((r) => bob.once('exported', (k, v) => r([k, v])));
     gate.open = true;
+    assert.deepEqual(await exported, ['nick', 'bob'], 'the exported value reaches the client on resume');
     assert.equal(await control, 'restored as bob; 2 lines');
     const next = new Promise<string>((r) => alice.once('message', (d) => r(dec.decode(d))));
     bob.send('back');

@@ -1,3 +1,4 @@
+import { unpack } from 'msgpackr';
 import {
   type Clock,
   clientHello,
@@ -74,6 +75,8 @@ type SessionEvents = {
   closed: [Extract<SessionEvent, { type: 'closed' }>];
   /** Unacknowledged bytes fell below the low-water mark after `send` returned false. */
   drain: [];
+  /** A value the service exported with `session.export(key)`, delivered when the session is restored. */
+  exported: [key: string, value: unknown];
   /** Non-fatal problems: rejected MOVE frames, failed reconnect attempts. */
   warning: [RoamError];
 };
@@ -91,6 +94,10 @@ const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
 const FATAL_ON_HELLO: ReadonlySet<CodeName> = new Set<CodeName>(['UNKNOWN_SERVICE', 'HANDSHAKE_FAILED', 'OVERLOADED']);
 
 const utf8 = new TextEncoder();
+const utf8dec = new TextDecoder();
+
+/** Channels from 0xff00 up are roam's own; 0xffff carries exported values as `key \0 msgpack`. */
+export const EXPORT_CHANNEL = 0xffff;
 
 /**
  * A client's logical connection to one service instance. It survives transport drops, address
@@ -155,7 +162,10 @@ export class Session extends Emitter<SessionEvents> {
     });
     // A caller that never awaits `ready` must not get an unhandled rejection.
     this.ready.catch(() => {});
-    this.engine.on('message', (data, channel) => this.emit('message', data, channel));
+    this.engine.on('message', (data, channel) => {
+      if (channel === EXPORT_CHANNEL) this.onExported(data);
+      else this.emit('message', data, channel);
+    });
     this.engine.on('drain', () => this.emit('drain'));
     this.engine.on('event', (ev) => this.onEngineEvent(ev));
     this.engine.on('move', (f) => {
@@ -395,6 +405,16 @@ export class Session extends Emitter<SessionEvents> {
     // The old endpoint has handed the session over; resume at the new one straight away.
     this.resumeImmediately = true;
     this.engine.dropTransport();
+  }
+
+  private onExported(data: Uint8Array): void {
+    const nul = data.indexOf(0);
+    if (nul < 0) return;
+    try {
+      this.emit('exported', utf8dec.decode(data.subarray(0, nul)), unpack(data.subarray(nul + 1)));
+    } catch (err) {
+      this.warn(new RoamError('MALFORMED_FRAME', 'exported value could not be decoded', { cause: err }));
+    }
   }
 
   private warn(e: RoamError): void {

@@ -39,6 +39,8 @@ export interface HostOptions {
   gcIntervalMs?: number;
   /** How long the reason of an expired session is remembered. Default 7 days. */
   endedTtlMs?: number;
+  /** This host's labels, matched against services' `requires.labels`. */
+  labels?: Record<string, string>;
   /** Passed through to the session server (limits, engine tunables, handshake timeouts). */
   server?: Omit<SessionServerOptions, 'services' | 'restore' | 'onGrace' | 'detachedGraceMs' | 'clock' | 'logger'>;
   clock?: Clock;
@@ -148,19 +150,29 @@ export class Host extends Emitter<HostEvents> {
     try {
       for (const s of opts.services) {
         const url = s.module instanceof URL ? s.module.href : pathToFileURL(s.module).href;
-        const worker = new ServiceWorker(
-          { module: url, service: s.name },
-          {
-            send: (sid, ch, data) => host.onWorkerSend(sid, ch, data),
-            close: (sid, reason) => host.sessions.get(sid)?.session.close(reason),
-            depends: (sid, on) => host.sessions.get(sid)?.dependsOn.add(on),
-          },
-          host.log.child({ service: s.name }),
-          s.memoryMb ? { maxOldGenerationSizeMb: s.memoryMb } : undefined,
-        );
-        const meta = await worker.ready;
+        const spawnWorker = (memoryMb: number | undefined): ServiceWorker =>
+          new ServiceWorker(
+            { module: url, service: s.name },
+            {
+              send: (sid, ch, data) => host.onWorkerSend(sid, ch, data),
+              close: (sid, reason) => host.sessions.get(sid)?.session.close(reason),
+              depends: (sid, on) => host.sessions.get(sid)?.dependsOn.add(on),
+            },
+            host.log.child({ service: s.name }),
+            memoryMb ? { maxOldGenerationSizeMb: memoryMb } : undefined,
+          );
+        let worker = spawnWorker(s.memoryMb);
+        let meta = await worker.ready;
         if (meta.name !== s.name)
           throw new RoamError('SERVICE_ERROR', `${s.module} defines ${meta.name}, not ${s.name}`);
+        host.checkRequirements(meta);
+        // The heap limit is only known once the definition is loaded; a worker's limits are fixed
+        // at spawn, so respawn with them.
+        if (!s.memoryMb && meta.requires.memoryMb) {
+          await worker.terminate();
+          worker = spawnWorker(meta.requires.memoryMb);
+          meta = await worker.ready;
+        }
         host.workers.set(s.name, { worker, meta });
       }
     } catch (err) {
@@ -173,6 +185,29 @@ export class Host extends Emitter<HostEvents> {
     }, gcMs);
     host.gcTimer.unref();
     return host;
+  }
+
+  /** What a loaded service declared, and the heap limit its worker runs with. */
+  serviceInfo(name: string): { meta: ServiceMeta; maxOldGenerationSizeMb: number | undefined } {
+    const { worker, meta } = this.worker(name);
+    return { meta, maxOldGenerationSizeMb: worker.resourceLimits.maxOldGenerationSizeMb };
+  }
+
+  /** Refuses to host a service whose `requires` this host does not meet. */
+  private checkRequirements(meta: ServiceMeta): void {
+    const r = meta.requires;
+    const major = Number(process.versions.node.split('.')[0]);
+    if (r.nodeMajor !== undefined && major < r.nodeMajor) {
+      throw new RoamError('INCOMPATIBLE', `${meta.name} requires Node ${r.nodeMajor}+, this host runs ${major}`);
+    }
+    for (const [k, v] of Object.entries(r.labels ?? {})) {
+      if (this.opts.labels?.[k] !== v) {
+        throw new RoamError(
+          'INCOMPATIBLE',
+          `${meta.name} requires label ${k}=${v}, this host has ${this.opts.labels?.[k] ?? 'none'}`,
+        );
+      }
+    }
   }
 
   listen(url: string, opts?: ListenOptions): Promise<Listener> {

@@ -66,6 +66,11 @@ export class ServiceWorker {
     });
   }
 
+  /** The heap limits the worker actually runs with. */
+  get resourceLimits(): { maxOldGenerationSizeMb?: number } {
+    return this.worker.resourceLimits ?? {};
+  }
+
   request<T = unknown>(m: Request): Promise<T> {
     if (this.exited) return Promise.reject(new RoamError('SERVICE_ERROR', 'service worker has exited'));
     const id = this.nextId++;

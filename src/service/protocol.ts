@@ -1,4 +1,4 @@
-import type { ResumeHow } from './define.js';
+import type { Requirements, ResumeHow } from './define.js';
 import type { TimerRecord } from './timers.js';
 
 /**
@@ -47,6 +47,7 @@ export interface ServiceMeta {
   version: string;
   compat: string[];
   idleMs: number;
+  requires: Requirements;
 }
 
 export type FromWorker =

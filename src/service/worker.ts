@@ -34,6 +34,13 @@ class WSession implements ServiceSession {
     readonly state: StateStore,
   ) {}
   send(data: Uint8Array | string, channel = 0): void {
+    if (!Number.isInteger(channel) || channel < 0 || channel >= RESERVED_CHANNELS) {
+      throw new RoamError('INVALID_ARGUMENT', `channel must be an integer in 0..${RESERVED_CHANNELS - 1}`);
+    }
+    this.post(data, channel);
+  }
+  /** @internal also used for roam's own reserved channels. */
+  post(data: Uint8Array | string, channel: number): void {
     const buf = toBuffer(data);
     post({ t: 'send', sid: this.id, ch: channel, data: buf }, [buf]);
   }
@@ -217,7 +224,7 @@ async function handle(m: ToWorker): Promise<unknown> {
       bySession.set(m.sid, i);
       i.timers.resume();
       await i.run(async () => {
-        for (const k of s.state.exported()) if (s.state.has(k)) s.send(encodeExport(k, s.state), EXPORT_CHANNEL);
+        for (const k of s.state.exported()) if (s.state.has(k)) s.post(encodeExport(k, s.state), EXPORT_CHANNEL);
         await def.resume?.(i.ctx, s, m.how as ResumeHow);
       });
       return undefined;
@@ -268,8 +275,9 @@ async function handle(m: ToWorker): Promise<unknown> {
   }
 }
 
-/** Exported values travel on a reserved channel as `key\0msgpack-bytes`. */
-export const EXPORT_CHANNEL = 0xffff;
+/** Channels from 0xff00 up are roam's own; exported values travel on 0xffff as `key\0msgpack-bytes`. */
+const RESERVED_CHANNELS = 0xff00;
+const EXPORT_CHANNEL = 0xffff;
 function encodeExport(key: string, state: StateStore): Uint8Array {
   const k = enc.encode(key);
   const v = state.snapshot().find(([name]) => name === key)?.[1] ?? new Uint8Array(0);
@@ -294,5 +302,11 @@ port.on('message', (m: ToWorker) => {
 });
 post({
   t: 'ready',
-  meta: { name: def.name, version: def.version, compat: def.compat ?? [], idleMs: def.idleMs ?? 60_000 },
+  meta: {
+    name: def.name,
+    version: def.version,
+    compat: def.compat ?? [],
+    idleMs: def.idleMs ?? 60_000,
+    requires: def.requires ?? {},
+  },
 });
