@@ -5,10 +5,12 @@ import { createInterface } from 'node:readline';
 import { it } from 'node:test';
 import { connect } from '../src/client/node.js';
 
-const ROAM = new URL('../bin/roam.js', import.meta.url).pathname;
+// The CLI from source (through tsx), so tests never run a stale build in dist/.
+const ROAM = new URL('../src/cli/main.ts', import.meta.url).pathname;
+const NODE_ARGS = ['--import', 'tsx'];
 
 function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, [ROAM, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn(process.execPath, [...NODE_ARGS, ROAM, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   p.stdout.on('data', (d) => {
@@ -21,7 +23,9 @@ function run(args: string[]): Promise<{ code: number | null; stdout: string; std
 }
 
 it('roam dev serves echo and counter, and stops cleanly on SIGINT', async (t) => {
-  const p = spawn(process.execPath, [ROAM, 'dev', '--port', '0', '--json'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const p = spawn(process.execPath, [...NODE_ARGS, ROAM, 'dev', '--port', '0', '--json'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   t.after(() => p.kill('SIGKILL'));
   const lines = createInterface({ input: p.stdout });
   const [line] = (await once(lines, 'line')) as [string];

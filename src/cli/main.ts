@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { builtinServices, createLogger, SessionServer } from '../host/index.js';
 import { RoamError } from '../wire/index.js';
@@ -52,20 +53,107 @@ export function buildProgram(): Command {
           `roam dev ${pkg.version}\n  ws   ${ws.url}\n  tcp  ${tcp.url}\n  services: echo, counter\nCtrl-C to stop.\n`,
         );
       }
-      await new Promise<void>((resolve) => {
-        const stop = (): void => {
-          process.off('SIGINT', stop);
-          process.off('SIGTERM', stop);
-          resolve();
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-      });
+      await waitForSignal();
       await server.close();
       if (!opts.json) process.stdout.write('roam dev stopped.\n');
     });
 
+  program
+    .command('host')
+    .description('run a host: serve sessions of the given services, suspending them to a SQLite Store')
+    .requiredOption('--store <path>', 'SQLite file for continuations (created if missing)')
+    .option('--listen <url...>', 'endpoints (ws://, wss://, tcp://, tls://)', ['ws://127.0.0.1:7071'])
+    .requiredOption('--service <name=module...>', 'service name and module path (default export from defineService)')
+    .option('--admin <host:port>', 'admin API address (loopback unless you also set --admin-token)', '127.0.0.1:7079')
+    .option('--admin-token <token>', 'require this bearer token on the admin API')
+    .option('--grace-ms <ms>', 'suspend a detached session to the Store after this long', '30000')
+    .option('--label <k=v...>', "host labels matched against services' requires.labels", [])
+    .addHelpText(
+      'after',
+      '\nExample:\n  $ roam host --store roam.db --service counter=./counter.js --listen ws://0.0.0.0:7071\n',
+    )
+    .action(async (opts: HostCliOptions) => {
+      const { Host } = await import('../host/host.js');
+      const { startAdmin } = await import('../host/admin.js');
+      const { openSqliteStore } = await import('../store/index.js');
+      const services = opts.service.map((spec) => {
+        const eq = spec.indexOf('=');
+        if (eq <= 0) throw new InvalidArgumentError(`--service wants name=module, got ${spec}`);
+        return { name: spec.slice(0, eq), module: resolvePath(spec.slice(eq + 1)) };
+      });
+      const labels = Object.fromEntries(opts.label.map((kv) => kv.split('=') as [string, string]));
+      const store = await openSqliteStore({ path: opts.store });
+      const host = await Host.start({
+        store,
+        services,
+        labels,
+        graceMs: Number(opts.graceMs),
+        logger: createLogger('roam-host', process.env.ROAM_LOG_LEVEL ?? 'info'),
+      });
+      const urls: string[] = [];
+      for (const u of opts.listen) urls.push((await host.listen(u)).url);
+      const admin = await startAdmin(host, {
+        listen: opts.admin,
+        ...(opts.adminToken ? { token: opts.adminToken } : {}),
+      });
+      process.stdout.write(`${JSON.stringify({ listen: urls, admin: admin.url })}\n`);
+      await waitForSignal();
+      // Suspends every session and instance to the Store: clients resume when a host is back.
+      await host.close();
+      await admin.close();
+      await store.close();
+    });
+
+  program
+    .command('suspend')
+    .description('suspend a live session (or, with --instance, an instance) on a host into the Store')
+    .argument('<id>', 'session id (hex) or instance id')
+    .option('--instance', 'the id names an instance')
+    .option('--host <url>', "the host's admin API", 'http://127.0.0.1:7079')
+    .option('--admin-token <token>', 'bearer token for the admin API')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExample:\n  $ roam suspend 5f0c…e1 --host http://127.0.0.1:7079\n')
+    .action(async (id: string, opts: { instance?: boolean; host: string; adminToken?: string; json?: boolean }) => {
+      const res = await fetch(new URL('/api/suspend', opts.host), {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          ...(opts.adminToken ? { authorization: `Bearer ${opts.adminToken}` } : {}),
+        },
+        body: JSON.stringify(opts.instance ? { instance: id } : { session: id }),
+      }).catch((cause: unknown) => {
+        throw new RoamError('TRANSPORT_CLOSED', `cannot reach ${opts.host}: ${(cause as Error).message}`);
+      });
+      const out = (await res.json()) as { suspended?: unknown; error?: { code: string; message: string } };
+      if (opts.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+      else if (out.error) process.stderr.write(`roam suspend: ${out.error.code}: ${out.error.message}\n`);
+      else process.stdout.write(`suspended ${opts.instance ? 'instance' : 'session'} ${id}\n`);
+      if (!res.ok) process.exitCode = ExitCode.FAILURE;
+    });
+
   return program;
+}
+
+interface HostCliOptions {
+  store: string;
+  listen: string[];
+  service: string[];
+  admin: string;
+  adminToken?: string;
+  graceMs: string;
+  label: string[];
+}
+
+function waitForSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
 }
 
 const isMain = process.argv[1] !== undefined && /(?:roam(?:\.js)?|main\.[jt]s)$/.test(process.argv[1]);

@@ -347,9 +347,9 @@ export class Host extends Emitter<HostEvents> {
    * Suspends one session into an internal continuation in the Store and frees its memory; its
    * dependents go with it. The client resumes later with a normal RESUME.
    */
-  async suspendSession(sid: string, seen = new Set<string>()): Promise<void> {
+  async suspendSession(sid: string, seen = new Set<string>()): Promise<boolean> {
     const entry = this.sessions.get(sid);
-    if (!entry || seen.has(sid)) return;
+    if (!entry || seen.has(sid)) return false;
     seen.add(sid);
     const done = this.doSuspendSession(sid, entry, seen);
     // A RESUME that arrives mid-suspension waits for the continuation instead of finding nothing.
@@ -362,6 +362,7 @@ export class Host extends Emitter<HostEvents> {
     } finally {
       this.inFlight.delete(sid);
     }
+    return true;
   }
 
   private async doSuspendSession(sid: string, entry: SessionEntry, seen: Set<string>): Promise<void> {
@@ -424,11 +425,14 @@ export class Host extends Emitter<HostEvents> {
    * Suspends an instance into a complete continuation: its sessions first (each into its own
    * continuation), then its state and timers. Frees the worker's memory for it.
    */
-  async suspendInstance(inst: string): Promise<void> {
+  async suspendInstance(inst: string): Promise<boolean> {
     const ie = this.instances.get(inst);
-    if (!ie) return;
+    if (!ie) return false;
     const pending = this.inFlight.get(`instance:${inst}`);
-    if (pending) return pending;
+    if (pending) {
+      await pending;
+      return true;
+    }
     const done = this.doSuspendInstance(inst, ie);
     this.inFlight.set(
       `instance:${inst}`,
@@ -439,6 +443,7 @@ export class Host extends Emitter<HostEvents> {
     } finally {
       this.inFlight.delete(`instance:${inst}`);
     }
+    return true;
   }
 
   private async doSuspendInstance(inst: string, ie: InstanceEntry): Promise<void> {
@@ -614,6 +619,23 @@ export class Host extends Emitter<HostEvents> {
     }
     this.counters.collected += n;
     return n;
+  }
+
+  /** Live sessions with their instance and state, for the admin API and tools. */
+  describeSessions(): Array<{
+    session: string;
+    service: string;
+    instance: string;
+    state: string;
+    remote: string | undefined;
+  }> {
+    return [...this.sessions.values()].map((e) => ({
+      session: e.session.id,
+      service: e.service,
+      instance: e.inst,
+      state: e.session.state,
+      remote: e.session.remoteAddress,
+    }));
   }
 
   /** Where a session is: `live` in memory, `suspended` in the Store, or unknown. */
