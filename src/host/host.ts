@@ -147,6 +147,8 @@ export class Host extends Emitter<HostEvents> {
   /** Starts the service workers; rejects if a service module fails to load. */
   static async start(opts: HostOptions): Promise<Host> {
     const host = new Host(opts);
+    // Every worker started, so a failed start leaves no thread behind.
+    const spawned = new Set<ServiceWorker>();
     try {
       for (const s of opts.services) {
         const url = s.module instanceof URL ? s.module.href : pathToFileURL(s.module).href;
@@ -162,6 +164,7 @@ export class Host extends Emitter<HostEvents> {
             memoryMb ? { maxOldGenerationSizeMb: memoryMb } : undefined,
           );
         let worker = spawnWorker(s.memoryMb);
+        spawned.add(worker);
         let meta = await worker.ready;
         if (meta.name !== s.name)
           throw new RoamError('SERVICE_ERROR', `${s.module} defines ${meta.name}, not ${s.name}`);
@@ -170,12 +173,15 @@ export class Host extends Emitter<HostEvents> {
         // at spawn, so respawn with them.
         if (!s.memoryMb && meta.requires.memoryMb) {
           await worker.terminate();
+          spawned.delete(worker);
           worker = spawnWorker(meta.requires.memoryMb);
+          spawned.add(worker);
           meta = await worker.ready;
         }
         host.workers.set(s.name, { worker, meta });
       }
     } catch (err) {
+      await Promise.all([...spawned].map((w) => w.terminate()));
       await host.stopWorkers();
       throw err;
     }
