@@ -214,6 +214,37 @@ describe('continuations', () => {
     assert.equal(await next, 'bob: back');
   });
 
+  it('an idle keyed instance is suspended whole (complete continuation) and restored with its state', async (t) => {
+    const h = await startTestHost({ graceMs: 60_000 });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const carol = connect(h.url, {
+      service: 'room',
+      key: 'attic',
+      connector: gate,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    t.after(() => carol.close());
+    await carol.ready;
+    const echoed = new Promise<void>((r) => carol.once('message', () => r()));
+    carol.send('first line');
+    await echoed;
+
+    // room's idleMs is 200: with carol away and nobody else attached, the whole room goes to the Store.
+    const instanceGone = new Promise<string>((r) => h.host.once('instanceSuspended', (e) => r(e.instance)));
+    gate.open = false;
+    carol.reconnectNow();
+    const inst = await instanceGone;
+    assert.equal(h.host.liveInstances, 0);
+    assert.equal(h.host.liveSessions, 0, 'its detached member was suspended first');
+    assert.ok(await h.store.get(`roam.instance.room.${inst}`), 'complete continuation stored');
+
+    const control = new Promise<string>((r) => carol.on('message', (d, ch) => ch === 1 && r(dec.decode(d))));
+    gate.open = true;
+    assert.equal(await control, 'restored as guest-1; 1 lines', 'history came back with the instance');
+    assert.equal(h.host.counters.instancesRestored, 1);
+  });
+
   it('dependencies: suspending a session suspends its dependents, and they are restored together', async (t) => {
     const h = await startTestHost({ graceMs: 30 });
     t.after(() => h.close());
