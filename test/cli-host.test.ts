@@ -4,24 +4,11 @@ import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { it } from 'node:test';
 import { connect } from '../src/client/node.js';
+import { ROAM, roam } from './support/cli.js';
 import { SERVICES } from './support/host.js';
 import { nextEvent, tempDir } from './support/server.js';
 
-const ROAM = new URL('../src/cli/main.ts', import.meta.url).pathname;
 const dec = new TextDecoder();
-
-function roam(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, ['--import', 'tsx', ROAM, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  p.stdout.on('data', (d) => {
-    stdout += d;
-  });
-  p.stderr.on('data', (d) => {
-    stderr += d;
-  });
-  return once(p, 'close').then(([code]) => ({ code: code as number | null, stdout, stderr }));
-}
 
 it('roam host serves a service; roam suspend moves a live session into the Store and the client resumes it', async (t) => {
   const dir = await tempDir();

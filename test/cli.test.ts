@@ -4,23 +4,7 @@ import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { it } from 'node:test';
 import { connect } from '../src/client/node.js';
-
-// The CLI from source (through tsx), so tests never run a stale build in dist/.
-const ROAM = new URL('../src/cli/main.ts', import.meta.url).pathname;
-const NODE_ARGS = ['--import', 'tsx'];
-
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const p = spawn(process.execPath, [...NODE_ARGS, ROAM, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  p.stdout.on('data', (d) => {
-    stdout += d;
-  });
-  p.stderr.on('data', (d) => {
-    stderr += d;
-  });
-  return once(p, 'close').then(([code]) => ({ code: code as number | null, stdout, stderr }));
-}
+import { NODE_ARGS, ROAM, roam } from './support/cli.js';
 
 it('roam dev serves echo and counter, and stops cleanly on SIGINT', async (t) => {
   const p = spawn(process.execPath, [...NODE_ARGS, ROAM, 'dev', '--port', '0', '--json'], {
@@ -50,13 +34,13 @@ it('roam dev serves echo and counter, and stops cleanly on SIGINT', async (t) =>
 });
 
 it('roam rejects bad arguments with a message and a non-zero exit code', async () => {
-  const bad = await run(['dev', '--port', '70000']);
+  const bad = await roam(['dev', '--port', '70000']);
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /port is an integer in 0\.\.65535/);
-  const unknown = await run(['frobnicate']);
+  const unknown = await roam(['frobnicate']);
   assert.notEqual(unknown.code, 0);
   assert.match(unknown.stderr, /unknown command/);
-  const help = await run(['dev', '--help']);
+  const help = await roam(['dev', '--help']);
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Example:/);
 });

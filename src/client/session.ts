@@ -274,6 +274,21 @@ export class Session extends Emitter<SessionEvents> {
     this.publish(ev);
   }
 
+  /** Opens a transport and frames it; undefined (and nothing left open) if the state moved on meanwhile. */
+  private async openConnection(expected: SessionState): Promise<FramedConnection | undefined> {
+    const transport = await this.connector(this._url, { localAddress: this.localAddress });
+    const conn = new FramedConnection(transport, {
+      maxFrameBytes: this.maxFrameBytes,
+      maxQueuedBytes: this.maxQueuedBytes,
+    });
+    this.connecting = conn;
+    if (this._state !== expected) {
+      conn.abort();
+      return undefined;
+    }
+    return conn;
+  }
+
   /** First connection: HELLO, retried with backoff until it succeeds or connectTimeoutMs passes. */
   private async run(): Promise<void> {
     const started = this.clock.now();
@@ -281,16 +296,8 @@ export class Session extends Emitter<SessionEvents> {
       if (this._state !== 'connecting') return;
       let conn: FramedConnection | undefined;
       try {
-        const transport = await this.connector(this._url, { localAddress: this.localAddress });
-        conn = new FramedConnection(transport, {
-          maxFrameBytes: this.maxFrameBytes,
-          maxQueuedBytes: this.maxQueuedBytes,
-        });
-        this.connecting = conn;
-        if (this._state !== 'connecting') {
-          conn.abort();
-          return;
-        }
+        conn = await this.openConnection('connecting');
+        if (!conn) return;
         const est = await clientHello(
           conn,
           this.clock,
@@ -351,16 +358,8 @@ export class Session extends Emitter<SessionEvents> {
       }
       let conn: FramedConnection | undefined;
       try {
-        const transport = await this.connector(this._url, { localAddress: this.localAddress });
-        conn = new FramedConnection(transport, {
-          maxFrameBytes: this.maxFrameBytes,
-          maxQueuedBytes: this.maxQueuedBytes,
-        });
-        this.connecting = conn;
-        if (this._state !== 'suspended') {
-          conn.abort();
-          return;
-        }
+        conn = await this.openConnection('suspended');
+        if (!conn) return;
         const id = this._id as Uint8Array;
         const peerLast = await clientResume(
           conn,
