@@ -245,6 +245,34 @@ describe('continuations', () => {
     assert.equal(h.host.counters.instancesRestored, 1);
   });
 
+  it('async timer hooks queued behind a suspension do not run while the session is away', async (t) => {
+    const h = await startTestHost({
+      graceMs: 10,
+      services: [
+        { name: 'acounter', module: new URL('./support/services/async-counter.ts', import.meta.url).pathname },
+      ],
+    });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const s = connect(h.url, { service: 'acounter', connector: gate, reconnect: { initialDelayMs: 2, maxDelayMs: 5 } });
+    t.after(() => s.close());
+    const c = counterClient(s);
+    await s.ready;
+    s.send('go');
+    for (let round = 0; round < 15; round++) {
+      await c.until(c.got.length + 3);
+      const stored = suspendedOn(h.host, () => s.id);
+      gate.open = false;
+      s.reconnectNow();
+      await stored;
+      const resumed = nextEvent(s, 'resumed');
+      gate.open = true;
+      await resumed;
+    }
+    await c.until(c.got.length + 3);
+    assert.equal(h.host.counters.restored, 15);
+  });
+
   it('dependencies: suspending a session suspends its dependents, and they are restored together', async (t) => {
     const h = await startTestHost({ graceMs: 30 });
     t.after(() => h.close());

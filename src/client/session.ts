@@ -171,7 +171,20 @@ export class Session extends Emitter<SessionEvents> {
     this.engine.on('move', (f) => {
       void this.onMove(f);
     });
+    this.holdAlive();
     void this.run();
+  }
+
+  private release: (() => void) | undefined;
+
+  /** While connecting or resuming there may be no socket; hold the process open like one would. */
+  private holdAlive(): void {
+    if (!this.release) this.release = this.clock.keepAlive?.();
+  }
+
+  private letGo(): void {
+    this.release?.();
+    this.release = undefined;
   }
 
   get state(): SessionState {
@@ -242,11 +255,13 @@ export class Session extends Emitter<SessionEvents> {
     switch (ev.type) {
       case 'suspended':
         this._state = 'suspended';
+        this.holdAlive();
         this.publish(ev);
         void this.resumeLoop();
         return;
       case 'resumed':
         this._state = 'open';
+        this.letGo();
         this.publish(ev);
         return;
       case 'lost':
@@ -267,6 +282,7 @@ export class Session extends Emitter<SessionEvents> {
   private finish(ev: Extract<SessionEvent, { type: 'lost' | 'closed' }>): void {
     if (this._state === 'lost' || this._state === 'closed') return;
     this._state = ev.type;
+    this.letGo();
     this.cancelWait();
     this.rejectReady(
       new RoamError(ev.code, ev.type === 'lost' ? `session lost: ${ev.message}` : `session closed: ${ev.reason}`),
@@ -316,6 +332,7 @@ export class Session extends Emitter<SessionEvents> {
         this.sessionTtlMs = est.sessionTtlMs;
         this._state = 'open';
         this.attempt = 0;
+        this.letGo();
         this.resolveReady();
         this.publish({ type: 'open', sessionId: toHex(est.sessionId) });
         // After `open`, so messages that arrived with WELCOME reach listeners set up on open.

@@ -75,7 +75,16 @@ class Instance {
   ) {
     const opts = {
       clock: systemWallClock,
-      fire: (name: string) => this.run(() => def.timer?.(this.ctx, name)),
+      fire: (name: string) =>
+        this.run(() => {
+          // A firing queued behind a suspension must not run once the timers are frozen: it would
+          // change state no session sees. A one-shot timer is put back so the continuation keeps it.
+          if (this.timers.suspended) {
+            if (!this.timers.has(name)) this.timers.setTimeout(name, 0);
+            return;
+          }
+          return def.timer?.(this.ctx, name);
+        }),
       onError: (err: unknown) => report(err, this.id),
     };
     this.timers = timers ? MigratableTimers.restore(timers, opts) : new MigratableTimers(opts);

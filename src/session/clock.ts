@@ -10,6 +10,11 @@ export interface Clock {
   now(): number;
   setTimeout(fn: () => void, ms: number): TimerHandle;
   clearTimeout(handle: TimerHandle): void;
+  /**
+   * Keeps the process alive until the returned function is called (Node); session timers are
+   * unref'd, so a client that is reconnecting holds one of these instead.
+   */
+  keepAlive?(): () => void;
 }
 
 /** The real clock: `performance.now()` and the platform timers (works in Node and browsers). */
@@ -22,6 +27,10 @@ export const systemClock: Clock = Object.freeze({
     return t as unknown as TimerHandle;
   },
   clearTimeout: (h: TimerHandle) => clearTimeout(h as Parameters<typeof clearTimeout>[0]),
+  keepAlive: () => {
+    const t = setInterval(() => {}, 1 << 30);
+    return () => clearInterval(t);
+  },
 });
 
 /** A clock that only moves when told to; for deterministic tests. */
