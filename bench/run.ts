@@ -29,6 +29,7 @@ interface SuiteModule {
 /** Every suite, by name. Add new ones here. */
 const SUITES: Record<string, () => Promise<SuiteModule>> = {
   session: () => import('./session.js'),
+  suspend: () => import('./suspend.js'),
 };
 
 function usage(): string {
