@@ -330,6 +330,7 @@ export class Session extends Emitter<SessionEvents> {
         this._id = est.sessionId;
         this.key = est.key;
         this.sessionTtlMs = est.sessionTtlMs;
+        if (this.opts.engine?.heartbeatMs === undefined) this.engine.setHeartbeatMs(est.heartbeatMs);
         this._state = 'open';
         this.attempt = 0;
         this.letGo();

@@ -113,6 +113,8 @@ export class Host extends Emitter<HostEvents> {
   private readonly endedTtlMs: number;
   private gcTimer: ReturnType<typeof setInterval> | undefined;
   private closing = false;
+  /** Deletions of consumed continuations, by Store key; writers of the same key wait for them. */
+  private readonly cleanups = new Map<string, Promise<void>>();
   /** Suspensions under way, by session id or `instance:<id>`. */
   private readonly inFlight = new Map<string, Promise<void>>();
   /** Counters for tests, metrics and benchmarks. */
@@ -372,6 +374,7 @@ export class Host extends Emitter<HostEvents> {
   }
 
   private async doSuspendSession(sid: string, entry: SessionEntry, seen: Set<string>): Promise<void> {
+    await this.cleanups.get(K.session(sid));
     const { worker, meta } = this.worker(entry.service);
     const engine = entry.session.engine;
     // Freeze inbound first: every message received before this point was already posted to the
@@ -453,6 +456,7 @@ export class Host extends Emitter<HostEvents> {
   }
 
   private async doSuspendInstance(inst: string, ie: InstanceEntry): Promise<void> {
+    await this.cleanups.get(K.instance(ie.service, inst));
     if (ie.idleTimer !== undefined) this.clock.clearTimeout(ie.idleTimer);
     ie.idleTimer = undefined;
     for (const sid of [...ie.members]) await this.suspendSession(sid);
@@ -565,8 +569,9 @@ export class Host extends Emitter<HostEvents> {
     await worker.request({ op: 'restoreSession', inst: meta.inst, sid, snapshot, how });
     this.instanceEntry(meta.inst, meta.service, meta.key ?? undefined).members.add(sid);
     this.server.adopt(session);
-    await this.store.delete(K.session(sid));
-    await this.store.deleteBlob(K.session(sid));
+    // The consumed continuation is deleted off the resume's critical path (two fsyncs). A later
+    // suspension of this session waits for the deletion first, so it can never erase newer data.
+    this.cleanupLater(K.session(sid));
     this.counters.restored++;
     this.emit('restored', { session: sid, instance: meta.inst });
     return session;
@@ -590,10 +595,23 @@ export class Host extends Emitter<HostEvents> {
     await worker.request({ op: 'restoreInstance', inst, key, snapshot });
     this.instanceEntry(inst, service, key);
     if (stored) {
-      await this.store.delete(name);
-      await this.store.deleteBlob(name);
+      this.cleanupLater(name);
       this.counters.instancesRestored++;
     }
+  }
+
+  private cleanupLater(name: string): void {
+    const prev = this.cleanups.get(name) ?? Promise.resolve();
+    const next = prev
+      .then(async () => {
+        await this.store.delete(name);
+        await this.store.deleteBlob(name);
+      })
+      .catch((err: unknown) => this.log.warn({ name, err: (err as Error).message }, 'continuation cleanup failed'))
+      .finally(() => {
+        if (this.cleanups.get(name) === next) this.cleanups.delete(name);
+      });
+    this.cleanups.set(name, next);
   }
 
   private async expire(sid: string, message: string): Promise<void> {
@@ -668,6 +686,7 @@ export class Host extends Emitter<HostEvents> {
         this.log.error({ instance: inst, err: (err as Error).message }, 'instance suspend on close failed'),
       );
     }
+    await Promise.all(this.cleanups.values());
     await this.server.close();
     await this.stopWorkers();
   }

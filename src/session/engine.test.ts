@@ -226,6 +226,22 @@ describe('SessionEngine', () => {
     assert.deepEqual(evB, [{ type: 'lost', reason: 'expired', code: 'SESSION_EXPIRED', message: 'too late' }]);
   });
 
+  it('reports a resume when a new transport replaces one that died unnoticed', async () => {
+    const e = new SessionEngine({ clock: new ManualClock() });
+    const events: SessionEvent[] = [];
+    e.on('event', (ev) => events.push(ev));
+    rawPeer(e);
+    const [t] = memoryTransportPair();
+    e.attach(new FramedConnection(t), 0);
+    await tick();
+    assert.equal(e.state, 'attached');
+    assert.deepEqual(
+      events.map((x) => x.type),
+      ['resumed'],
+    );
+    assert.equal(events[0]?.type === 'resumed' && events[0].gapMs, 0);
+  });
+
   it('closes gracefully: CLOSE goes out after queued data', async () => {
     const e = new SessionEngine({ clock: new ManualClock() });
     const peer = rawPeer(e);

@@ -86,7 +86,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
   readonly maxReplayBytes: number;
   readonly highWaterMark: number;
   readonly maxFrameBytes: number;
-  private readonly heartbeatMs: number;
+  private heartbeatMs: number;
   private readonly deadProbes: number;
   private readonly ackDelayMs: number;
   private readonly ackEveryFrames: number;
@@ -245,16 +245,22 @@ export class SessionEngine extends Emitter<EngineEvents> {
     }
     this.retransmitted += replayed;
     this.scheduleHeartbeat();
-    if (wasDetachedAt !== undefined) {
+    // A new transport that replaces a live one (the old one died unnoticed) is a resume too.
+    if (wasDetachedAt !== undefined || (previous && previous !== conn)) {
       this.emit('event', {
         type: 'resumed',
-        gapMs: this.clock.now() - wasDetachedAt,
+        gapMs: wasDetachedAt === undefined ? 0 : this.clock.now() - wasDetachedAt,
         replayed,
         remoteAddress: conn.transport.remoteAddress,
       });
     }
     this.maybeDrain();
     return { replayed };
+  }
+
+  /** Adopts the server's heartbeat interval from WELCOME (never below 100 ms). */
+  setHeartbeatMs(ms: number): void {
+    if (ms >= 100 && Number.isFinite(ms)) this.heartbeatMs = ms;
   }
 
   /** Throws unless a peer that says it received up to `peerLastSeq` can be resumed. */
