@@ -603,6 +603,8 @@ export class Host extends Emitter<HostEvents> {
   private cleanupLater(name: string): void {
     const prev = this.cleanups.get(name) ?? Promise.resolve();
     const next = prev
+      // The Store may be synchronous (SQLite): yield first so the RESUMED frame goes out before the fsyncs.
+      .then(() => new Promise<void>((r) => setImmediate(r)))
       .then(async () => {
         await this.store.delete(name);
         await this.store.deleteBlob(name);
