@@ -21,6 +21,23 @@ function suspendedOn(host: Host, sid: () => string | undefined): Promise<void> {
   });
 }
 
+/** A client whose network the test controls: `gate.open = false` makes it unreachable. Closed after the test. */
+function awayClient(
+  t: { after(fn: () => void): void },
+  url: string,
+  opts: { service: string; key?: string; reconnect?: { initialDelayMs: number; maxDelayMs: number } },
+): { session: Session; gate: ReturnType<typeof gatedConnector> } {
+  const gate = gatedConnector();
+  const session = connect(url, {
+    service: opts.service,
+    ...(opts.key ? { key: opts.key } : {}),
+    connector: gate,
+    reconnect: opts.reconnect ?? { initialDelayMs: 5, maxDelayMs: 20 },
+  });
+  t.after(() => session.close());
+  return { session, gate };
+}
+
 /** Collects counter indices and checks they stay contiguous. */
 function counterClient(s: Session): { got: number[]; control: string[]; until(n: number): Promise<void> } {
   const got: number[] = [];
@@ -43,13 +60,28 @@ function counterClient(s: Session): { got: number[]; control: string[]; until(n:
   };
 }
 
+/** A counter client that has received `upTo` indices (5 ms ticks), on a network the test controls. */
+async function countingClient(
+  t: { after(fn: () => void): void },
+  url: string,
+  upTo: number,
+): Promise<{ s: Session; gate: ReturnType<typeof gatedConnector>; c: ReturnType<typeof counterClient> }> {
+  const { session: s, gate } = awayClient(t, url, {
+    service: 'counter',
+    reconnect: { initialDelayMs: 5, maxDelayMs: 50 },
+  });
+  const c = counterClient(s);
+  await s.ready;
+  s.send('start 5');
+  await c.until(upTo);
+  return { s, gate, c };
+}
+
 describe('continuations', () => {
   it('a session away past its grace period is suspended to the Store, frees its memory, and resumes intact', async (t) => {
     const h = await startTestHost({ graceMs: 50 });
     t.after(() => h.close());
-    const gate = gatedConnector();
-    const s = connect(h.url, { service: 'counter', connector: gate, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
-    t.after(() => s.close());
+    const { session: s, gate } = awayClient(t, h.url, { service: 'counter' });
     const c = counterClient(s);
     await s.ready;
     s.send('pad 4096');
@@ -80,17 +112,7 @@ describe('continuations', () => {
     const { spawnHost } = await import('./support/host-spawn.js');
     const first = await spawnHost({ graceMs: 50 });
     t.after(() => first.cleanup());
-    const gate = gatedConnector();
-    const s = connect(first.url, {
-      service: 'counter',
-      connector: gate,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 50 },
-    });
-    t.after(() => s.close());
-    const c = counterClient(s);
-    await s.ready;
-    s.send('start 5');
-    await c.until(20);
+    const { s, gate, c } = await countingClient(t, first.url, 20);
     gate.open = false;
     s.reconnectNow();
     await first.waitSuspended(s.id as string);
@@ -112,9 +134,7 @@ describe('continuations', () => {
   it('expired continuations are collected and a late client gets lost(expired)', async (t) => {
     const h = await startTestHost({ graceMs: 20, continuationTtlMs: 100 });
     t.after(() => h.close());
-    const gate = gatedConnector();
-    const s = connect(h.url, { service: 'counter', connector: gate, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
-    t.after(() => s.close());
+    const { session: s, gate } = awayClient(t, h.url, { service: 'counter' });
     await s.ready;
     const stored = suspendedOn(h.host, () => s.id);
     gate.open = false;
@@ -133,17 +153,7 @@ describe('continuations', () => {
     const { spawnHost } = await import('./support/host-spawn.js');
     const v1 = await spawnHost({ graceMs: 30 });
     t.after(() => v1.cleanup());
-    const gate = gatedConnector();
-    const s = connect(v1.url, {
-      service: 'counter',
-      connector: gate,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 30 },
-    });
-    t.after(() => s.close());
-    const c = counterClient(s);
-    await s.ready;
-    s.send('start 5');
-    await c.until(5);
+    const { s, gate, c } = await countingClient(t, v1.url, 5);
     gate.open = false;
     s.reconnectNow();
     await v1.waitSuspended(s.id as string);
@@ -253,9 +263,10 @@ describe('continuations', () => {
       ],
     });
     t.after(() => h.close());
-    const gate = gatedConnector();
-    const s = connect(h.url, { service: 'acounter', connector: gate, reconnect: { initialDelayMs: 2, maxDelayMs: 5 } });
-    t.after(() => s.close());
+    const { session: s, gate } = awayClient(t, h.url, {
+      service: 'acounter',
+      reconnect: { initialDelayMs: 2, maxDelayMs: 5 },
+    });
     const c = counterClient(s);
     await s.ready;
     s.send('go');
@@ -310,9 +321,7 @@ describe('continuations', () => {
   it('a corrupted continuation is refused whole, never half-restored', async (t) => {
     const h = await startTestHost({ graceMs: 20 });
     t.after(() => h.close());
-    const gate = gatedConnector();
-    const s = connect(h.url, { service: 'counter', connector: gate, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
-    t.after(() => s.close());
+    const { session: s, gate } = awayClient(t, h.url, { service: 'counter' });
     await s.ready;
     const stored = suspendedOn(h.host, () => s.id);
     gate.open = false;
