@@ -284,6 +284,31 @@ describe('continuations', () => {
     assert.equal(h.host.counters.restored, 15);
   });
 
+  it('a service sees session.connected go false while the client is away, and can hold back output', async (t) => {
+    const h = await startTestHost({
+      graceMs: 60_000,
+      services: [{ name: 'presence', module: new URL('./support/services/presence.ts', import.meta.url).pathname }],
+    });
+    t.after(() => h.close());
+    const { session: s, gate } = awayClient(t, h.url, { service: 'presence' });
+    await s.ready;
+    await new Promise<void>((r) => s.once('message', () => r()));
+    const server = h.host.server.getSession(s.id as string);
+    assert.ok(server);
+    const detached = nextEvent(server, 'suspended');
+    gate.open = false;
+    s.reconnectNow();
+    await detached;
+    // Let the service's 5 ms timer run a while with nobody connected.
+    await new Promise((r) => setTimeout(r, 100));
+    const report = new Promise<string>((r) => s.on('message', (d, ch) => ch === 1 && r(dec.decode(d))));
+    gate.open = true;
+    const text = await report;
+    const m = /^reconnected connected=true held=(\d+)$/.exec(text);
+    assert.ok(m, text);
+    assert.ok(Number(m[1]) > 0, `ticks were held back while away: ${text}`);
+  });
+
   it('dependencies: suspending a session suspends its dependents, and they are restored together', async (t) => {
     const h = await startTestHost({ graceMs: 30 });
     t.after(() => h.close());

@@ -285,6 +285,7 @@ export class Host extends Emitter<HostEvents> {
       switch (ev.type) {
         case 'suspended':
           if (ie) this.markDetached(entry.inst, ie, session.id);
+          worker.notify({ op: 'away', sid: session.id });
           return;
         case 'resumed':
           if (ie) this.markAttached(ie, session.id);

@@ -33,6 +33,11 @@ export interface InstanceTimers {
 export interface ServiceSession {
   /** 128-bit session id, hex. */
   readonly id: string;
+  /**
+   * False while the client's transport is down. Messages sent meanwhile wait in the replay window
+   * (4 MiB by default; overflowing it loses the session), so a streaming service should pause.
+   */
+  readonly connected: boolean;
   /** Per-session attribute/value store; travels in the session's continuation. */
   readonly state: StateStore;
   /** Sends to this session's client: exactly once, in order, across drops and moves. */

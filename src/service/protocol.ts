@@ -25,6 +25,8 @@ export type ToWorker =
   | { op: 'open'; id: number; key: string | undefined; sid: string }
   | { op: 'msg'; sid: string; ch: number; data: ArrayBuffer }
   | { op: 'reconnected'; sid: string }
+  /** The session's transport is down; the session is kept (grace period). */
+  | { op: 'away'; sid: string }
   | { op: 'suspendSession'; id: number; sid: string }
   | {
       op: 'restoreSession';

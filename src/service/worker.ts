@@ -29,6 +29,7 @@ function toBuffer(data: Uint8Array | string): ArrayBuffer {
 
 class WSession implements ServiceSession {
   readonly dependencies = new Set<string>();
+  connected = true;
   constructor(
     readonly id: string,
     readonly state: StateStore,
@@ -206,7 +207,22 @@ async function handle(m: ToWorker): Promise<unknown> {
     case 'reconnected': {
       const i = bySession.get(m.sid);
       const s = i?.sessions.get(m.sid);
-      if (i && s) i.run(() => def.resume?.(i.ctx, s, 'reconnected')).catch((err) => report(err, i.id));
+      if (i && s) {
+        i.run(() => {
+          s.connected = true;
+          return def.resume?.(i.ctx, s, 'reconnected');
+        }).catch((err) => report(err, i.id));
+      }
+      return undefined;
+    }
+    case 'away': {
+      const i = bySession.get(m.sid);
+      const s = i?.sessions.get(m.sid);
+      if (i && s) {
+        void i.run(() => {
+          s.connected = false;
+        });
+      }
       return undefined;
     }
     case 'suspendSession': {
