@@ -78,8 +78,10 @@ const K = {
   instance: (service: string, inst: string) => `roam.instance.${service}.${inst}`,
   ended: (sid: string) => `roam.ended.${sid}`,
 };
-const json = (v: unknown): Uint8Array => new TextEncoder().encode(JSON.stringify(v));
-const unjson = <T>(b: Uint8Array): T => JSON.parse(new TextDecoder().decode(b)) as T;
+const utf8 = new TextEncoder();
+const utf8dec = new TextDecoder();
+const json = (v: unknown): Uint8Array => utf8.encode(JSON.stringify(v));
+const unjson = <T>(b: Uint8Array): T => JSON.parse(utf8dec.decode(b)) as T;
 
 /**
  * A host: accepts client sessions, runs service instances in worker threads, and suspends

@@ -64,6 +64,8 @@ export interface SessionServerOptions {
   onGrace?: (session: ServerSession) => void;
 }
 
+const utf8 = new TextEncoder();
+
 type ServerSessionEvents = {
   message: [data: Uint8Array, channel: number];
   event: [SessionEvent];
@@ -97,7 +99,7 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
   }
   /** See SessionEngine.send: false means wait for `drain`. */
   send(data: Uint8Array | string, channel = 0): boolean {
-    return this.engine.send(typeof data === 'string' ? new TextEncoder().encode(data) : data, channel);
+    return this.engine.send(typeof data === 'string' ? utf8.encode(data) : data, channel);
   }
   close(reason = ''): void {
     this.engine.close(reason);

@@ -327,6 +327,11 @@ export class StateStore {
     }
   }
 
+  /** The encoded (msgpack) bytes under `key`, without decoding; the store's own array, read-only. */
+  encoded(key: string): Uint8Array | undefined {
+    return this.entries.get(key)?.bytes;
+  }
+
   /**
    * All entries with their encoded values, for round 0 of a migration or a continuation.
    * Returned byte arrays are the store's own; treat them as read-only.

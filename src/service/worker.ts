@@ -249,7 +249,10 @@ async function handle(m: ToWorker): Promise<unknown> {
       bySession.set(m.sid, i);
       i.timers.resume();
       await i.run(async () => {
-        for (const k of s.state.exported()) if (s.state.has(k)) s.post(encodeExport(k, s.state), EXPORT_CHANNEL);
+        for (const k of s.state.exported()) {
+          const value = s.state.encoded(k);
+          if (value) s.post(encodeExport(k, value), EXPORT_CHANNEL);
+        }
         await def.resume?.(i.ctx, s, m.how as ResumeHow);
       });
       return undefined;
@@ -303,9 +306,8 @@ async function handle(m: ToWorker): Promise<unknown> {
 /** Channels from 0xff00 up are roam's own; exported values travel on 0xffff as `key\0msgpack-bytes`. */
 const RESERVED_CHANNELS = 0xff00;
 const EXPORT_CHANNEL = 0xffff;
-function encodeExport(key: string, state: StateStore): Uint8Array {
+function encodeExport(key: string, v: Uint8Array): Uint8Array {
   const k = enc.encode(key);
-  const v = state.snapshot().find(([name]) => name === key)?.[1] ?? new Uint8Array(0);
   const out = new Uint8Array(k.length + 1 + v.length);
   out.set(k, 0);
   out.set(v, k.length + 1);
