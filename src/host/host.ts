@@ -115,6 +115,8 @@ export class Host extends Emitter<HostEvents> {
   private readonly endedTtlMs: number;
   private gcTimer: ReturnType<typeof setInterval> | undefined;
   private closing = false;
+  /** Session id → ids of the live sessions that depend on it. */
+  private readonly dependents = new Map<string, Set<string>>();
   /** Deletions of consumed continuations, by Store key; writers of the same key wait for them. */
   private readonly cleanups = new Map<string, Promise<void>>();
   /** Suspensions under way, by session id or `instance:<id>`. */
@@ -162,7 +164,7 @@ export class Host extends Emitter<HostEvents> {
             {
               send: (sid, ch, data) => host.onWorkerSend(sid, ch, data),
               close: (sid, reason) => host.sessions.get(sid)?.session.close(reason),
-              depends: (sid, on) => host.sessions.get(sid)?.dependsOn.add(on),
+              depends: (sid, on) => host.addDependency(sid, on),
             },
             host.log.child({ service: s.name }),
             memoryMb ? { maxOldGenerationSizeMb: memoryMb } : undefined,
@@ -322,10 +324,34 @@ export class Host extends Emitter<HostEvents> {
     }, meta.idleMs);
   }
 
+  /** Records that `sid` depends on `on`, in both directions so suspension finds dependents directly. */
+  private addDependency(sid: string, on: string): void {
+    const entry = this.sessions.get(sid);
+    if (!entry) return;
+    entry.dependsOn.add(on);
+    let set = this.dependents.get(on);
+    if (!set) {
+      set = new Set();
+      this.dependents.set(on, set);
+    }
+    set.add(sid);
+  }
+
+  /** Removes a session from memory and from the dependency index. */
+  private dropEntry(entry: SessionEntry): void {
+    const sid = entry.session.id;
+    this.sessions.delete(sid);
+    for (const on of entry.dependsOn) {
+      const set = this.dependents.get(on);
+      set?.delete(sid);
+      if (set?.size === 0) this.dependents.delete(on);
+    }
+  }
+
   private async onEnded(entry: SessionEntry, reason: string): Promise<void> {
     const sid = entry.session.id;
     if (this.sessions.get(sid) !== entry) return;
-    this.sessions.delete(sid);
+    this.dropEntry(entry);
     const { worker } = this.worker(entry.service);
     await worker.request({ op: 'closeSession', sid, reason }).catch(() => {});
     const ie = this.instances.get(entry.inst);
@@ -384,7 +410,7 @@ export class Host extends Emitter<HostEvents> {
     // worker, so the snapshot below accounts for all of them.
     engine.dropTransport();
     engine.detach('GOING_AWAY', 'suspending');
-    const dependents = [...this.sessions.values()].filter((e) => e.dependsOn.has(sid)).map((e) => e.session.id);
+    const dependents = [...(this.dependents.get(sid) ?? [])];
     const snapshot = await worker.request<SessionSnapshot>({ op: 'suspendSession', sid });
     const now = Date.now();
     const sc: SessionContinuation = {
@@ -407,7 +433,7 @@ export class Host extends Emitter<HostEvents> {
       expiresAt: now + this.ttlMs,
     };
     await this.store.putBlob(K.session(sid), encodeContinuation(c));
-    this.sessions.delete(sid);
+    this.dropEntry(entry);
     this.server.forget(sid);
     const ie = this.instances.get(entry.inst);
     if (ie) {
@@ -562,10 +588,11 @@ export class Host extends Emitter<HostEvents> {
       service: meta.service,
       inst: meta.inst,
       key: meta.key ?? undefined,
-      dependsOn: new Set(sc.dependsOn),
+      dependsOn: new Set(),
       restoring: true,
     };
     this.sessions.set(sid, entry);
+    for (const on of sc.dependsOn) this.addDependency(sid, on);
     this.wire(entry);
     const snapshot: SessionSnapshot = { state: sc.state, exported: sc.exported, dependsOn: sc.dependsOn };
     const how: ResumeHow = 'restored';
