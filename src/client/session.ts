@@ -7,6 +7,7 @@ import {
   type EngineOptions,
   FramedConnection,
   lostReasonFor,
+  SESSION_FATAL_CODES,
   type SessionCrypto,
   SessionEngine,
   type SessionEvent,
@@ -81,13 +82,11 @@ type SessionEvents = {
   warning: [RoamError];
 };
 
+/** Refusals after which retrying a resume cannot help: the session is gone, or this client is not its key holder. */
 const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
-  'SESSION_EXPIRED',
-  'UNKNOWN_SESSION',
-  'REPLAY_WINDOW_EXCEEDED',
+  ...SESSION_FATAL_CODES,
   'RESUME_PROOF_INVALID',
   'HANDSHAKE_FAILED',
-  'UNKNOWN_SERVICE',
   'RESUME_SEQ_INVALID',
   'CONTINUATION_CORRUPT',
 ]);

@@ -120,9 +120,14 @@ export async function verifyMac(
   ...parts: Uint8Array[]
 ): Promise<boolean> {
   if (tag.length !== MAC_BYTES) return false;
-  const expected = await mac(key, label, ...parts);
+  return equalBytes(await mac(key, label, ...parts), tag);
+}
+
+/** Compares in time independent of where the inputs differ (for MACs and nonces). */
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
   let d = 0;
-  for (let i = 0; i < MAC_BYTES; i++) d |= (expected[i] as number) ^ (tag[i] as number);
+  for (let i = 0; i < a.length; i++) d |= (a[i] as number) ^ (b[i] as number);
   return d === 0;
 }
 

@@ -3,6 +3,7 @@ import type { Clock } from './clock.js';
 import type { FramedConnection } from './connection.js';
 import {
   deriveSessionKey,
+  equalBytes,
   generateEphemeralKey,
   Labels,
   mac,
@@ -183,21 +184,19 @@ export function moveMac(
   url: string,
   token: Uint8Array,
 ): Promise<Uint8Array> {
-  return mac(key, Labels.move, sessionId, u32Bytes(moveId), u32Bytes(enc.encode(url).length), enc.encode(url), token);
+  return mac(key, Labels.move, ...moveParts(sessionId, moveId, url, token));
 }
 
-export async function verifyMove(
+export function verifyMove(
   key: SessionKey,
   sessionId: Uint8Array,
   f: Extract<Frame, { type: typeof FrameType.MOVE }>,
 ): Promise<boolean> {
-  const u = enc.encode(f.url);
-  return verifyMac(key, f.mac, Labels.move, sessionId, u32Bytes(f.moveId), u32Bytes(u.length), u, f.token);
+  return verifyMac(key, f.mac, Labels.move, ...moveParts(sessionId, f.moveId, f.url, f.token));
 }
 
-export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d |= (a[i] as number) ^ (b[i] as number);
-  return d === 0;
+/** What a MOVE proof covers; the URL is length-prefixed so URL and token cannot trade bytes. */
+function moveParts(sessionId: Uint8Array, moveId: number, url: string, token: Uint8Array): Uint8Array[] {
+  const u = enc.encode(url);
+  return [sessionId, u32Bytes(moveId), u32Bytes(u.length), u, token];
 }
