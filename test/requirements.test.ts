@@ -1,16 +1,22 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { Host, silentLogger } from '../src/host/index.js';
-import { openSqliteStore } from '../src/store/index.js';
+import { openSqliteStore, type Store } from '../src/store/index.js';
 import { tempDir } from './support/server.js';
 
 const needy = new URL('./support/services/needy.ts', import.meta.url).pathname;
 
-it('a host refuses a service whose requires it does not meet, and runs it with the declared heap limit when it does', async (t) => {
+/** A SQLite Store in a temporary directory, both removed after the test. */
+async function tempStore(t: { after(fn: () => Promise<void>): void }): Promise<Store> {
   const dir = await tempDir();
   t.after(() => dir.cleanup());
   const store = await openSqliteStore({ path: `${dir.path}/roam.db` });
   t.after(() => store.close());
+  return store;
+}
+
+it('a host refuses a service whose requires it does not meet, and runs it with the declared heap limit when it does', async (t) => {
+  const store = await tempStore(t);
 
   await assert.rejects(
     Host.start({
@@ -35,10 +41,7 @@ it('a host refuses a service whose requires it does not meet, and runs it with t
 });
 
 it('a module without a defineService default export fails to load with a clear error', async (t) => {
-  const dir = await tempDir();
-  t.after(() => dir.cleanup());
-  const store = await openSqliteStore({ path: `${dir.path}/roam.db` });
-  t.after(() => store.close());
+  const store = await tempStore(t);
   await assert.rejects(
     Host.start({
       store,

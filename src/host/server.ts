@@ -205,8 +205,9 @@ export class SessionServer {
   }
 
   private async onHello(conn: FramedConnection, hello: Extract<Opening, { kind: 'hello' }>['hello']): Promise<void> {
-    const handler = this.opts.services[hello.service];
-    if (!handler || !Object.hasOwn(this.opts.services, hello.service)) {
+    // Own properties only: a client naming `constructor` or `__proto__` must not reach Object.prototype.
+    const handler = Object.hasOwn(this.opts.services, hello.service) ? this.opts.services[hello.service] : undefined;
+    if (!handler) {
       throw new RoamError('UNKNOWN_SERVICE', `no service named ${JSON.stringify(hello.service)} here`);
     }
     if (this.sessions.size >= this.maxSessions) {
