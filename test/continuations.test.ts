@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { connect, type Session } from '../src/client/node.js';
 import type { Host } from '../src/host/index.js';
 import type { RoamError } from '../src/wire/index.js';
 import { startTestHost } from './support/host.js';
+import { type SpawnedHost, spawnHost } from './support/host-spawn.js';
 import { gatedConnector, nextEvent } from './support/server.js';
 
 const dec = new TextDecoder();
@@ -23,7 +24,7 @@ function suspendedOn(host: Host, sid: () => string | undefined): Promise<void> {
 
 /** A client whose network the test controls: `gate.open = false` makes it unreachable. Closed after the test. */
 function awayClient(
-  t: { after(fn: () => void): void },
+  t: TestContext,
   url: string,
   opts: { service: string; key?: string; reconnect?: { initialDelayMs: number; maxDelayMs: number } },
 ): { session: Session; gate: ReturnType<typeof gatedConnector> } {
@@ -62,7 +63,7 @@ function counterClient(s: Session): { got: number[]; control: string[]; until(n:
 
 /** A counter client that has received `upTo` indices (5 ms ticks), on a network the test controls. */
 async function countingClient(
-  t: { after(fn: () => void): void },
+  t: TestContext,
   url: string,
   upTo: number,
 ): Promise<{ s: Session; gate: ReturnType<typeof gatedConnector>; c: ReturnType<typeof counterClient> }> {
@@ -75,6 +76,24 @@ async function countingClient(
   s.send('start 5');
   await c.until(upTo);
   return { s, gate, c };
+}
+
+/**
+ * A host in its own process and a counter client that received `upTo` indices, then went away
+ * long enough (`graceMs`) for its session to be suspended into the host's Store.
+ */
+async function awayOnSpawnedHost(
+  t: TestContext,
+  graceMs: number,
+  upTo: number,
+): Promise<{ host: SpawnedHost } & Awaited<ReturnType<typeof countingClient>>> {
+  const host = await spawnHost({ graceMs });
+  t.after(() => host.cleanup());
+  const client = await countingClient(t, host.url, upTo);
+  client.gate.open = false;
+  client.s.reconnectNow();
+  await host.waitSuspended(client.s.id as string);
+  return { host, ...client };
 }
 
 describe('continuations', () => {
@@ -109,13 +128,7 @@ describe('continuations', () => {
   });
 
   it('survives SIGKILL of the host: a restarted host resumes suspended sessions with state and timers', async (t) => {
-    const { spawnHost } = await import('./support/host-spawn.js');
-    const first = await spawnHost({ graceMs: 50 });
-    t.after(() => first.cleanup());
-    const { s, gate, c } = await countingClient(t, first.url, 20);
-    gate.open = false;
-    s.reconnectNow();
-    await first.waitSuspended(s.id as string);
+    const { host: first, s, gate, c } = await awayOnSpawnedHost(t, 50, 20);
     first.kill('SIGKILL');
     await first.exited;
 
@@ -150,13 +163,7 @@ describe('continuations', () => {
   });
 
   it('refuses an incompatible service version, keeps the continuation, and resumes on a compatible one', async (t) => {
-    const { spawnHost } = await import('./support/host-spawn.js');
-    const v1 = await spawnHost({ graceMs: 30 });
-    t.after(() => v1.cleanup());
-    const { s, gate, c } = await countingClient(t, v1.url, 5);
-    gate.open = false;
-    s.reconnectNow();
-    await v1.waitSuspended(s.id as string);
+    const { host: v1, s, gate, c } = await awayOnSpawnedHost(t, 30, 5);
     v1.kill('SIGTERM');
     await v1.exited;
 
