@@ -3,6 +3,8 @@
  * the ones the last full run measured. Run: npx tsx bench/report.ts
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import type { SessionResult } from './session.js';
+import type { SuspendResult } from './suspend.js';
 
 const root = new URL('../', import.meta.url);
 const load = <T>(suite: string): T | undefined => {
@@ -14,28 +16,6 @@ const fmt = (n: number | undefined, d = 0): string =>
     ? 'n/a'
     : n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
 const met = (ok: boolean): string => (ok ? 'met' : '**missed**');
-
-interface SessionResult {
-  quick?: boolean;
-  date?: string;
-  node?: string;
-  throughput: Array<{ size: number; roam_msgs_per_s: number; ws_msgs_per_s: number; ratio: number }>;
-  latency_us: { roam_p50: number; roam_p99: number; ws_p50: number; ws_p99: number };
-  resume_ms: { p50: number; p99: number; [k: string]: unknown };
-}
-interface SuspendResult {
-  quick?: boolean;
-  sessions: number;
-  state_bytes: number;
-  active_bytes_per_session: number;
-  suspended_bytes_per_session: number;
-  suspended_fds_per_session: number;
-  continuation_overhead_bytes: number;
-  suspend_ms_p50: number;
-  resume_ms_p50: number;
-  resume_ms_p99: number;
-  targets?: { suspended_bytes_per_session?: { heap_based?: number } };
-}
 
 const out: string[] = [
   '# Benchmarks',
@@ -65,7 +45,7 @@ if (s) {
   out.push(`| p50 | ${fmt(s.latency_us.roam_p50, 1)} µs | ${fmt(s.latency_us.ws_p50, 1)} µs |`);
   out.push(`| p99 | ${fmt(s.latency_us.roam_p99, 1)} µs | ${fmt(s.latency_us.ws_p99, 1)} µs |`);
   out.push('', `p50 overhead ${fmt(overhead, 1)} µs (target ≤ 20 µs: ${met(overhead <= 20)}).`, '');
-  const phases = s.resume_ms.phases as Record<string, { p50: number; p99: number }> | undefined;
+  const phases: Record<string, { p50: number; p99: number }> | undefined = s.resume_ms.phases;
   const open = phases?.transport_open_to_resumed;
   out.push('| resume | p50 | p99 |', '|---|---|---|');
   if (open) {
@@ -92,7 +72,7 @@ if (u) {
   );
   out.push('| figure | measured | target |', '|---|---|---|');
   out.push(`| resident bytes per active session | ${fmt(u.active_bytes_per_session)} | |`);
-  const heap = u.targets?.suspended_bytes_per_session?.heap_based;
+  const heap = u.targets.suspended_bytes_per_session.heap_based;
   out.push(
     `| resident bytes per suspended session (RSS) | ${fmt(u.suspended_bytes_per_session)}${heap !== undefined ? ` (JS heap: ${fmt(heap)})` : ''} | ≤ 1024: ${met(u.suspended_bytes_per_session <= 1024)} |`,
   );
