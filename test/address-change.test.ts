@@ -29,7 +29,7 @@ for (const scheme of ['ws', 'tcp'] as const) {
     while (got.length < 3) await new Promise<void>((r) => s.once('message', () => r()));
 
     assert.deepEqual(got, ['before', 'during', 'after']);
-    assert.equal(ev.remoteAddress !== undefined, true);
+    assert.equal(ev.remoteAddress, '127.0.0.1', 'the resumed event names the server it resumed on');
     assert.equal(srv.server.getSession(s.id as string)?.remoteAddress, '127.0.0.3');
     assert.equal(srv.server.sessionCount, 1, 'same session, not a new one');
   });
