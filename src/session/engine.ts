@@ -113,6 +113,9 @@ export class SessionEngine extends Emitter<EngineEvents> {
   private duplicates = 0;
   private retransmitted = 0;
   private endReason: { code: CodeName; message: string } | undefined;
+  /** While frozen, in-order DATA is held here: not delivered, not acknowledged. */
+  private held: Array<{ payload: Uint8Array; channel: number }> | undefined;
+  private heldBytes = 0;
 
   constructor(opts: EngineOptions = {}) {
     super();
@@ -227,6 +230,11 @@ export class SessionEngine extends Emitter<EngineEvents> {
       previous.close('SESSION_REPLACED', 'another transport resumed this session', true);
     }
     this.releaseThrough(peerLastSeq);
+    // The peer resumes from our lastReceivedSeq and retransmits anything we held.
+    if (this.held) {
+      this.held.length = 0;
+      this.heldBytes = 0;
+    }
     this.conn = conn;
     const wasDetachedAt = this.detachedAt;
     this._state = 'attached';
@@ -376,6 +384,35 @@ export class SessionEngine extends Emitter<EngineEvents> {
     return true;
   }
 
+  /**
+   * Stops delivering inbound messages, for a migration's stop-and-copy. DATA that arrives while
+   * frozen is held, neither delivered nor acknowledged, so {@link lastReceivedSeq} stays where
+   * the snapshot was taken: if the migration commits the peer retransmits those frames to the
+   * new owner; if it aborts, {@link thaw} delivers them here. Held bytes are bounded by
+   * `maxReplayBytes`; beyond that the transport is dropped (the peer retransmits on resume).
+   */
+  freeze(): void {
+    if (this.held === undefined) this.held = [];
+  }
+
+  get frozen(): boolean {
+    return this.held !== undefined;
+  }
+
+  /** Delivers what was held while frozen, in order, and resumes normal delivery. */
+  thaw(): void {
+    const held = this.held;
+    if (!held) return;
+    this.held = undefined;
+    this.heldBytes = 0;
+    for (const h of held) {
+      this.recvSeq++;
+      this.unackedBytesIn += h.payload.length + DATA_OVERHEAD;
+      this.emit('message', h.payload, h.channel);
+    }
+    if (held.length > 0) this.scheduleAck();
+  }
+
   /** Drops the current transport without a goodbye, as a dead network would. For tests and tools. */
   dropTransport(): void {
     this.conn?.abort();
@@ -385,6 +422,28 @@ export class SessionEngine extends Emitter<EngineEvents> {
     this.lastRecvAt = this.clock.now();
     switch (f.type) {
       case FrameType.DATA: {
+        const held = this.held;
+        if (held) {
+          const top = this.recvSeq + held.length;
+          if (f.seq <= top) {
+            this.duplicates++;
+            return;
+          }
+          if (f.seq !== top + 1) {
+            conn.fail(new ProtocolError('SEQUENCE_GAP', `expected seq ${top + 1}, got ${f.seq}`));
+            return;
+          }
+          this.heldBytes += f.payload.length;
+          if (this.heldBytes > this.maxReplayBytes) {
+            held.length = 0;
+            this.heldBytes = 0;
+            this.detach('OVERLOADED', 'too much inbound data while frozen');
+            return;
+          }
+          // The payload may be a view into a transport chunk that is reused; keep our own copy.
+          held.push({ payload: f.payload.slice(), channel: f.channel });
+          return;
+        }
         if (f.seq <= this.recvSeq) {
           this.duplicates++;
           return;
