@@ -193,6 +193,48 @@ export function storeConformance(name: string, open: () => Promise<StoreFixture>
         await rejectsWith(() => store.compareAndSet('c.k', 1.5, enc('x')), 'INVALID_ARGUMENT');
       }));
 
+    it('compareAndSetMany: all or nothing, one revision per key', () =>
+      withStore(async ({ store }) => {
+        assert.deepEqual(await store.compareAndSetMany([]), []);
+        const [a1, b1] = await store.compareAndSetMany([
+          { key: 'm.a', expectedRevision: 0, value: enc('a1') },
+          { key: 'm.b', expectedRevision: 0, value: enc('b1') },
+        ]);
+        assert.ok(a1 !== undefined && b1 !== undefined && b1 > a1);
+        // One stale expectation sinks the whole batch.
+        await rejectsWith(
+          () =>
+            store.compareAndSetMany([
+              { key: 'm.a', expectedRevision: a1, value: enc('a2') },
+              { key: 'm.b', expectedRevision: a1, value: enc('b2') },
+            ]),
+          'STORE_CONFLICT',
+          'second key stale',
+        );
+        assert.equal(dec((await store.get('m.a'))?.value ?? new Uint8Array()), 'a1', 'first write rolled back');
+        assert.equal((await store.get('m.a'))?.revision, a1);
+        await rejectsWith(
+          () =>
+            store.compareAndSetMany([
+              { key: 'm.a', expectedRevision: a1, value: enc('x') },
+              { key: 'm.a', expectedRevision: a1, value: enc('y') },
+            ]),
+          'INVALID_ARGUMENT',
+          'same key twice',
+        );
+        await rejectsWith(
+          () => store.compareAndSetMany([{ key: 'bad key', expectedRevision: 0, value: enc('x') }]),
+          'STORE_INVALID_KEY',
+        );
+        const [a2, b2] = await store.compareAndSetMany([
+          { key: 'm.a', expectedRevision: a1, value: enc('a2') },
+          { key: 'm.b', expectedRevision: b1, value: enc('b2') },
+        ]);
+        assert.equal((await store.get('m.a'))?.revision, a2);
+        assert.equal(dec((await store.get('m.b'))?.value ?? new Uint8Array()), 'b2');
+        assert.equal((await store.get('m.b'))?.revision, b2);
+      }));
+
     it('delete with an expected revision', () =>
       withStore(async ({ store }) => {
         const r1 = await store.put('d.k', enc('v'));

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import {
   type Continuation,
@@ -5,15 +6,27 @@ import {
   encodeContinuation,
   type SessionContinuation,
 } from '../service/continuation.js';
-import type { ResumeHow } from '../service/define.js';
+import type { MoveTarget, Requirements, ResumeHow } from '../service/define.js';
 import { compatMatches } from '../service/define.js';
-import type { InstanceSnapshot, ServiceMeta, SessionSnapshot } from '../service/protocol.js';
+import type { InstanceInfo, InstanceSnapshot, ServiceMeta, SessionSnapshot } from '../service/protocol.js';
 import { type Clock, Emitter, SessionEngine, type SessionKey, systemClock, toHex } from '../session/index.js';
 import type { Store } from '../store/index.js';
+import {
+  ClusterKeys,
+  type DrainStatus,
+  decodeJson,
+  type HostedService,
+  type LocationRecord,
+  type MigrationReason,
+  type MigrationRecord,
+} from '../transport/cluster.js';
 import { nodeSessionCrypto } from '../transport/crypto-node.js';
 import type { Listener, ListenOptions } from '../transport/index.js';
+import { type PeerLink, PeerServer } from '../transport/peer.js';
 import { type CodeName, RoamError } from '../wire/index.js';
+import { ClusterMember, type ClusterOptions, drainStatus } from './cluster.js';
 import { createLogger, type Logger } from './logger.js';
+import { Migrations } from './migration.js';
 import { ServerSession, SessionServer, type SessionServerOptions } from './server.js';
 import { ServiceWorker } from './service-worker.js';
 
@@ -45,6 +58,19 @@ export interface HostOptions {
   server?: Omit<SessionServerOptions, 'services' | 'restore' | 'onGrace' | 'detachedGraceMs' | 'clock' | 'logger'>;
   clock?: Clock;
   logger?: Logger;
+  /** Join a cluster: peer endpoint, directory registration, live migration. */
+  cluster?: ClusterOptions;
+}
+
+/** What a drain may do. */
+export interface DrainOptions {
+  /** Stop moving after this long; what is left is suspended to the Store by `close`. Default 30 s. */
+  deadlineMs?: number;
+  /** Migrations in flight at once. Default 4. */
+  concurrency?: number;
+  /** Instances per migration (one link, one commit). Default 64. */
+  batchSize?: number;
+  reason?: MigrationReason;
 }
 
 interface SessionEntry {
@@ -55,6 +81,8 @@ interface SessionEntry {
   dependsOn: Set<string>;
   /** Set while a restore is wiring the session up: its `resumed` is not a reconnect. */
   restoring: boolean;
+  /** The session migrated away; what is left is a stub that redirects its client. */
+  moved?: boolean;
 }
 
 interface InstanceEntry {
@@ -100,6 +128,11 @@ export type HostEvents = {
   instanceSuspended: [{ instance: string; service: string }];
   /** A suspended session is back in memory. */
   restored: [{ session: string; instance: string }];
+  /** A migration finished (committed, aborted or refused), on the source. */
+  migration: [MigrationRecord];
+  drain: [DrainStatus];
+  /** This host stopped serving an instance because another host owns it now (stale epoch). */
+  fenced: [{ instance: string; owner: string }];
 };
 
 export class Host extends Emitter<HostEvents> {
@@ -122,7 +155,28 @@ export class Host extends Emitter<HostEvents> {
   /** Suspensions under way, by session id or `instance:<id>`. */
   private readonly inFlight = new Map<string, Promise<void>>();
   /** Counters for tests, metrics and benchmarks. */
-  readonly counters = { suspended: 0, restored: 0, instancesSuspended: 0, instancesRestored: 0, collected: 0 };
+  readonly counters = {
+    suspended: 0,
+    restored: 0,
+    instancesSuspended: 0,
+    instancesRestored: 0,
+    collected: 0,
+    migratedOut: 0,
+    migratedIn: 0,
+    migrationsAborted: 0,
+    fenced: 0,
+  };
+  /** This host's id in a cluster (the fingerprint of its identity), or a random one outside. */
+  readonly id: string;
+  private readonly migrations: Migrations | undefined;
+  private readonly member: ClusterMember | undefined;
+  private peer: PeerServer | undefined;
+  private readonly peerLinks = new Map<string, PeerLink>();
+  private bytes = 0;
+  private drainState: DrainStatus | undefined;
+  private drainDone: Promise<void> | undefined;
+  private readonly fenceWatch = new AbortController();
+  private readonly epochs = new Map<string, number>();
 
   private constructor(private readonly opts: HostOptions) {
     super();
@@ -132,6 +186,65 @@ export class Host extends Emitter<HostEvents> {
     this.graceMs = opts.graceMs ?? 30_000;
     this.ttlMs = opts.continuationTtlMs ?? 24 * 3600_000;
     this.endedTtlMs = opts.endedTtlMs ?? 7 * 24 * 3600_000;
+    this.id = opts.cluster?.identity.id ?? randomBytes(16).toString('hex');
+    if (opts.cluster) {
+      const cluster = opts.cluster;
+      const self = this;
+      this.member = new ClusterMember(
+        {
+          id: this.id,
+          store: this.store,
+          log: this.log,
+          labels: () => ({ ...opts.labels }),
+          services: () => this.hostedServices(),
+          counts: () => ({ instances: this.instances.size, sessions: this.sessions.size }),
+          takeBytes: () => {
+            const b = this.bytes;
+            this.bytes = 0;
+            return b;
+          },
+        },
+        cluster,
+      );
+      this.migrations = new Migrations(
+        {
+          id: this.id,
+          store: this.store,
+          log: this.log,
+          secret: cluster.secret,
+          clock: this.clock,
+          engineOptions: opts.server?.engine,
+          worker: (name) => this.worker(name),
+          hasService: (name) => this.workers.has(name),
+          checkRequirements: (r, name) => this.checkRequires(r, name),
+          instance: (inst) => this.instances.get(inst),
+          session: (sid) => this.sessions.get(sid)?.session,
+          refusal: () =>
+            this.closing
+              ? 'host is shutting down'
+              : this.drainState?.state === 'running'
+                ? 'host is draining'
+                : undefined,
+          detachMigrated: (inst) => this.detachMigrated(inst),
+          attachMigrated: (inst, service, key, sessions) => this.attachMigrated(inst, service, key, sessions),
+          membersOf: (inst) => [...(this.instances.get(inst)?.members ?? [])],
+          forgetStub: (sid) => this.server.forget(sid),
+          emit(ev) {
+            if (ev.type === 'migration') {
+              const m = ev.migration;
+              if (m.outcome === 'committed' && m.from === self.id && m.phases.clientGapMs === undefined) {
+                self.counters.migratedOut += m.instances.length;
+              } else if (m.outcome !== 'committed') {
+                self.counters.migrationsAborted++;
+              }
+              self.emit('migration', m);
+            }
+            self.member?.emit(ev);
+          },
+        },
+        cluster.migration,
+      );
+    }
     const services: SessionServerOptions['services'] = {};
     for (const s of opts.services) services[s.name] = { open: (session) => this.onOpen(s.name, session) };
     this.server = new SessionServer({
@@ -165,6 +278,7 @@ export class Host extends Emitter<HostEvents> {
               send: (sid, ch, data) => host.onWorkerSend(sid, ch, data),
               close: (sid, reason) => host.sessions.get(sid)?.session.close(reason),
               depends: (sid, on) => host.addDependency(sid, on),
+              moveTo: (inst, target) => host.onMoveTo(inst, target),
             },
             host.log.child({ service: s.name }),
             memoryMb ? { maxOldGenerationSizeMb: memoryMb } : undefined,
@@ -207,23 +321,380 @@ export class Host extends Emitter<HostEvents> {
 
   /** Refuses to host a service whose `requires` this host does not meet. */
   private checkRequirements(meta: ServiceMeta): void {
-    const r = meta.requires;
+    this.checkRequires(meta.requires, meta.name);
+  }
+
+  private checkRequires(r: Requirements, name: string): void {
     const major = Number(process.versions.node.split('.')[0]);
     if (r.nodeMajor !== undefined && major < r.nodeMajor) {
-      throw new RoamError('INCOMPATIBLE', `${meta.name} requires Node ${r.nodeMajor}+, this host runs ${major}`);
+      throw new RoamError('INCOMPATIBLE', `${name} requires Node ${r.nodeMajor}+, this host runs ${major}`);
     }
     for (const [k, v] of Object.entries(r.labels ?? {})) {
       if (this.opts.labels?.[k] !== v) {
         throw new RoamError(
           'INCOMPATIBLE',
-          `${meta.name} requires label ${k}=${v}, this host has ${this.opts.labels?.[k] ?? 'none'}`,
+          `${name} requires label ${k}=${v}, this host has ${this.opts.labels?.[k] ?? 'none'}`,
         );
       }
     }
   }
 
-  listen(url: string, opts?: ListenOptions): Promise<Listener> {
-    return this.server.listen(url, opts);
+  private hostedServices(): HostedService[] {
+    return [...this.workers.values()].map(({ meta }) => ({
+      name: meta.name,
+      version: meta.version,
+      compat: meta.compat,
+      requires: meta.requires,
+    }));
+  }
+
+  async listen(url: string, opts?: ListenOptions): Promise<Listener> {
+    const l = await this.server.listen(url, opts);
+    if (this.member && !this.member.clientUrl) this.member.clientUrl = this.member.opts.advertiseClientUrl ?? l.url;
+    return l;
+  }
+
+  /** Adds a link endpoint to the peer API (before {@link join}); the gateway's splice uses this. */
+  addPeerLink(path: string, handler: PeerLink): void {
+    this.peerLinks.set(path, handler);
+  }
+
+  /**
+   * Joins the cluster given in `cluster`: starts the peer endpoint (migrations in and out, the
+   * directory's queries and commands), registers with the directory and starts heartbeats, and
+   * watches the location table so a stale owner stops serving (fencing). Call after `listen`.
+   */
+  async join(): Promise<{ peerUrl: string }> {
+    const cluster = this.opts.cluster;
+    const member = this.member;
+    const migrations = this.migrations;
+    if (!cluster || !member || !migrations)
+      throw new RoamError('INVALID_STATE', 'host was started without cluster options');
+    if (!member.clientUrl) throw new RoamError('INVALID_STATE', 'listen() for clients before join()');
+    const peer = new PeerServer(cluster.secret, this.log);
+    this.peer = peer;
+    this.routes(peer, migrations);
+    const [h, p] = (cluster.peerListen ?? '127.0.0.1:0').split(/:(?=\d+$)/);
+    const url = await peer.listen(h ?? '127.0.0.1', Number(p ?? 0));
+    member.peerUrl = cluster.advertisePeerUrl ?? url;
+    void this.watchLocations();
+    await member.start();
+    return { peerUrl: url };
+  }
+
+  private routes(peer: PeerServer, migrations: Migrations): void {
+    peer.link('/peer/migrate', (ws) => migrations.accept(ws));
+    for (const [path, handler] of this.peerLinks) peer.link(path, handler);
+    peer.route('GET', '/peer/info', async () => ({
+      host: this.id,
+      sessions: this.sessions.size,
+      instances: this.instances.size,
+      stubs: migrations.stubCount,
+    }));
+    peer.route('GET', '/peer/instances', async () => ({ instances: await this.describeInstances() }));
+    peer.route('GET', '/peer/sessions', async (_b, req) => {
+      const id = new URL(req.url ?? '/', 'http://peer').searchParams.get('id');
+      const all = this.describeSessions();
+      return { sessions: id ? all.filter((s) => s.session === id) : all };
+    });
+    peer.route('POST', '/peer/migrate', async (body) => {
+      const b = (body ?? {}) as { instance?: unknown; to?: unknown; labels?: unknown };
+      if (typeof b.instance !== 'string')
+        throw new RoamError('INVALID_ARGUMENT', 'POST /peer/migrate needs {"instance": id}');
+      if (b.to !== undefined && typeof b.to !== 'string')
+        throw new RoamError('INVALID_ARGUMENT', '"to" must be a host id');
+      return this.migrate(b.instance, { to: b.to as string | undefined, reason: 'operator' });
+    });
+    peer.route('POST', '/peer/drain', async (body) => {
+      const b = (body ?? {}) as { deadlineMs?: unknown; concurrency?: unknown };
+      const num = (v: unknown, name: string) => {
+        if (v === undefined) return undefined;
+        if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+          throw new RoamError('INVALID_ARGUMENT', `${name} must be a positive number`);
+        }
+        return v;
+      };
+      return this.startDrain({
+        deadlineMs: num(b.deadlineMs, 'deadlineMs'),
+        concurrency: num(b.concurrency, 'concurrency'),
+      });
+    });
+    peer.route('GET', '/peer/drain', async () => ({ drain: this.drainState ? drainStatus(this.drainState) : null }));
+    peer.route('POST', '/peer/suspend', async (body) => {
+      const b = (body ?? {}) as { instance?: unknown; session?: unknown };
+      if (typeof b.instance === 'string') {
+        if (!(await this.suspendInstance(b.instance)))
+          throw new RoamError('NOT_FOUND', `no instance ${b.instance} here`);
+        return { suspended: { instance: b.instance } };
+      }
+      if (typeof b.session === 'string') {
+        if (!(await this.suspendSession(b.session))) throw new RoamError('NOT_FOUND', `no session ${b.session} here`);
+        return { suspended: { session: b.session } };
+      }
+      throw new RoamError('INVALID_ARGUMENT', 'POST /peer/suspend needs {"instance": id} or {"session": id}');
+    });
+  }
+
+  /** Running instances with their size and sessions, for the directory and tools. */
+  async describeInstances(): Promise<
+    Array<{
+      instance: string;
+      service: string;
+      key: string | null;
+      sessions: number;
+      stateBytes: number;
+      epoch: number;
+    }>
+  > {
+    const out = [];
+    for (const [name, { worker }] of this.workers) {
+      for (const i of await worker.request<InstanceInfo[]>({ op: 'instances' })) {
+        if (!this.instances.has(i.inst)) continue;
+        out.push({
+          instance: i.inst,
+          service: name,
+          key: i.key ?? null,
+          sessions: i.sessions,
+          stateBytes: i.stateBytes,
+          epoch: this.epochs.get(i.inst) ?? 0,
+        });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Moves one instance, with all its sessions, to another host: the named one, or the least loaded
+   * host that can run it. Resolves with the migration's record once it committed; rejects with
+   * MIGRATION_REFUSED / MIGRATION_ABORTED (the instance keeps running here), NO_DESTINATION,
+   * NOT_FOUND or FENCED.
+   */
+  async migrate(
+    inst: string,
+    opts: { to?: string; labels?: Record<string, string>; reason?: MigrationReason } = {},
+  ): Promise<MigrationRecord> {
+    const { member, migrations } = this.clustered();
+    const ie = this.instances.get(inst);
+    if (!ie) throw new RoamError('NOT_FOUND', `no instance ${inst} on host ${this.id}`);
+    const { meta } = this.worker(ie.service);
+    const dest = await member.pickDestination(meta, { host: opts.to, labels: opts.labels });
+    return migrations.migrateOut([inst], dest, opts.reason ?? 'operator');
+  }
+
+  private clustered(): { member: ClusterMember; migrations: Migrations } {
+    if (!this.member || !this.migrations) throw new RoamError('INVALID_STATE', 'this host is not in a cluster');
+    return { member: this.member, migrations: this.migrations };
+  }
+
+  private onMoveTo(inst: string, target: MoveTarget): void {
+    if (!this.member) {
+      this.log.warn({ instance: inst }, 'ctx.moveTo ignored: this host is not in a cluster');
+      return;
+    }
+    const opts = 'host' in target ? { to: target.host } : { labels: target.labels };
+    this.migrate(inst, { ...opts, reason: 'self' }).catch((err: unknown) =>
+      this.log.warn({ instance: inst, err: (err as Error).message }, 'self migration failed'),
+    );
+  }
+
+  /** The current (or last) drain of this host. */
+  get drainStatus(): DrainStatus | undefined {
+    return this.drainState ? drainStatus(this.drainState) : undefined;
+  }
+
+  /**
+   * Starts moving every instance to other hosts (least loaded first, `concurrency` migrations of
+   * up to `batchSize` instances at once) and announces the host as leaving so nothing new is
+   * placed here. Returns the status at once; `drain` events report progress, and
+   * {@link drained} resolves when it is over.
+   */
+  startDrain(opts: DrainOptions = {}): DrainStatus {
+    const { member } = this.clustered();
+    if (this.drainState?.state === 'running') return drainStatus(this.drainState);
+    const d: DrainStatus = {
+      id: randomBytes(6).toString('hex'),
+      host: this.id,
+      state: 'running',
+      total: this.instances.size,
+      moved: 0,
+      failed: 0,
+      suspended: 0,
+      startedAt: Date.now(),
+    };
+    this.drainState = d;
+    void member.setStatus('leaving');
+    this.drainDone = this.runDrain(d, opts).catch((err: unknown) => {
+      d.state = 'failed';
+      d.message = (err as Error).message;
+      d.endedAt = Date.now();
+      this.reportDrain(d, true);
+    });
+    this.reportDrain(d, true);
+    return drainStatus(d);
+  }
+
+  /** Resolves when the running drain (if any) is over. */
+  async drained(): Promise<DrainStatus | undefined> {
+    await this.drainDone;
+    return this.drainStatus;
+  }
+
+  private lastDrainReport = 0;
+  private reportDrain(d: DrainStatus, force = false): void {
+    const now = Date.now();
+    if (!force && now - this.lastDrainReport < 200) return;
+    this.lastDrainReport = now;
+    const s = drainStatus(d, now);
+    this.emit('drain', s);
+    this.member?.emit({ type: 'drain', drain: s });
+  }
+
+  private async runDrain(d: DrainStatus, opts: DrainOptions): Promise<void> {
+    const { member, migrations } = this.clustered();
+    const deadline = Date.now() + (opts.deadlineMs ?? 30_000);
+    const concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
+    const batchSize = Math.max(1, Math.floor(opts.batchSize ?? 64));
+    const planned = new Map<string, number>();
+    const tries = new Map<string, number>();
+    const gaveUp = new Set<string>();
+    for (;;) {
+      // Everything still here (new sessions may have arrived while draining), grouped by service.
+      const byService = new Map<string, string[]>();
+      for (const [inst, ie] of this.instances) {
+        if (migrations.outgoing.has(inst) || gaveUp.has(inst)) continue;
+        const list = byService.get(ie.service) ?? [];
+        list.push(inst);
+        byService.set(ie.service, list);
+      }
+      const batches: Array<{ service: string; insts: string[] }> = [];
+      for (const [service, insts] of byService) {
+        for (let i = 0; i < insts.length; i += batchSize)
+          batches.push({ service, insts: insts.slice(i, i + batchSize) });
+      }
+      if (batches.length === 0) break;
+      d.total = Math.max(d.total, d.moved + d.failed + batches.reduce((a, b) => a + b.insts.length, 0));
+      let next = 0;
+      const runOne = async (): Promise<void> => {
+        for (let b = batches[next++]; b; b = batches[next++]) {
+          if (Date.now() > deadline) return;
+          const live = b.insts.filter((i) => this.instances.has(i) && !migrations.outgoing.has(i));
+          if (live.length === 0) continue;
+          const sessions = live.reduce((a, i) => a + (this.instances.get(i)?.members.size ?? 0), 0);
+          let dest: Awaited<ReturnType<ClusterMember['pickDestination']>>;
+          try {
+            dest = await member.pickDestination(this.worker(b.service).meta, {}, planned);
+          } catch (err) {
+            d.message = (err as Error).message;
+            for (const i of live) gaveUp.add(i);
+            d.failed += live.length;
+            this.reportDrain(d);
+            continue;
+          }
+          planned.set(dest.id, (planned.get(dest.id) ?? 0) + sessions);
+          try {
+            await migrations.migrateOut(live, dest, opts.reason ?? 'drain');
+            d.moved += live.length;
+          } catch (err) {
+            planned.set(dest.id, (planned.get(dest.id) ?? 0) - sessions);
+            d.message = (err as Error).message;
+            for (const i of live) {
+              const n = (tries.get(i) ?? 0) + 1;
+              tries.set(i, n);
+              if (n >= 3) {
+                gaveUp.add(i);
+                d.failed++;
+              }
+            }
+            this.log.warn({ err: d.message, instances: live.length, to: dest.id }, 'drain batch failed');
+          }
+          this.reportDrain(d);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(concurrency, batches.length) }, runOne));
+      if (Date.now() > deadline) {
+        d.message = `deadline reached with ${this.instances.size} instances left`;
+        break;
+      }
+    }
+    d.state = d.failed > 0 || this.instances.size > 0 ? 'failed' : 'done';
+    d.endedAt = Date.now();
+    this.reportDrain(d, true);
+  }
+
+  /**
+   * Graceful shutdown (SIGTERM): drains every instance to other hosts within `deadlineMs`, then
+   * closes — whatever could not move in time is suspended to the Store, never dropped.
+   */
+  async shutdown(opts: DrainOptions = {}): Promise<DrainStatus | undefined> {
+    let status: DrainStatus | undefined;
+    if (this.member && this.migrations) {
+      this.startDrain({ reason: 'shutdown', ...opts });
+      status = await this.drained();
+    }
+    const left = this.instances.size;
+    await this.close();
+    if (status) status = { ...status, suspended: left };
+    return status;
+  }
+
+  /** Stops serving an instance another host now owns (the location's epoch moved past ours). */
+  private fence(inst: string, owner: string): void {
+    const ie = this.instances.get(inst);
+    if (!ie) return;
+    this.counters.fenced++;
+    this.log.error({ instance: inst, owner }, 'fenced: another host owns this instance; dropping it');
+    const sessions = [...ie.members].map((sid) => this.sessions.get(sid)?.session);
+    this.detachMigrated(inst);
+    void this.worker(ie.service)
+      .worker.request({ op: 'release', inst })
+      .catch(() => {});
+    for (const s of sessions) s?.engine.lose('FENCED', `instance ${inst} is owned by ${owner} now`);
+    this.emit('fenced', { instance: inst, owner });
+  }
+
+  private async watchLocations(): Promise<void> {
+    try {
+      for await (const ev of this.store.watch(ClusterKeys.locationPrefix, { signal: this.fenceWatch.signal })) {
+        if (ev.type !== 'put') continue;
+        const loc = decodeJson<LocationRecord>(ev.value);
+        this.epochs.set(loc.instance, loc.epoch);
+        if (loc.host !== this.id && this.instances.has(loc.instance) && !this.migrations?.outgoing.has(loc.instance)) {
+          this.fence(loc.instance, loc.host);
+        }
+      }
+    } catch (err) {
+      if (!this.fenceWatch.signal.aborted) this.log.error({ err: (err as Error).message }, 'location watch ended');
+    }
+  }
+
+  /** A migrated-away instance: out of every table here; its sessions stay in the server as stubs. */
+  private detachMigrated(inst: string): void {
+    const ie = this.instances.get(inst);
+    if (!ie) return;
+    if (ie.idleTimer !== undefined) this.clock.clearTimeout(ie.idleTimer);
+    for (const sid of ie.members) {
+      const entry = this.sessions.get(sid);
+      if (!entry) continue;
+      entry.moved = true;
+      this.dropEntry(entry);
+    }
+    this.instances.delete(inst);
+    this.epochs.delete(inst);
+  }
+
+  /** A migrated-in instance committed here: its sessions are adopted (detached until their clients resume). */
+  private attachMigrated(inst: string, service: string, key: string | undefined, sessions: ServerSession[]): void {
+    const ie = this.instanceEntry(inst, service, key);
+    for (const session of sessions) {
+      const entry: SessionEntry = { session, service, inst, key, dependsOn: new Set(), restoring: true };
+      this.sessions.set(session.id, entry);
+      this.wire(entry);
+      ie.members.add(session.id);
+      this.server.adopt(session);
+    }
+    this.counters.migratedIn += 1;
+    // A keyed instance whose clients all stay away is suspended after idleMs, as usual.
+    if (key !== undefined && sessions.length === 0) this.markDetached(inst, ie, '');
   }
 
   /** Sessions in memory (attached or detached within their grace period). */
@@ -280,11 +751,14 @@ export class Host extends Emitter<HostEvents> {
     const { session } = entry;
     const { worker } = this.worker(entry.service);
     session.on('message', (data, ch) => {
+      if (entry.moved) return;
+      this.bytes += data.length;
       // One copy into a buffer we own, then a transfer: the payload may be a view into a larger chunk.
       const buf = data.slice().buffer;
       worker.notify({ op: 'msg', sid: session.id, ch, data: buf }, [buf]);
     });
     session.on('event', (ev) => {
+      if (entry.moved) return;
       const ie = this.instances.get(entry.inst);
       switch (ev.type) {
         case 'suspended':
@@ -372,6 +846,7 @@ export class Host extends Emitter<HostEvents> {
       this.log.warn({ session: sid }, 'service sent to a session that is no longer here');
       return;
     }
+    this.bytes += data.length;
     try {
       e.session.send(data, ch);
     } catch (err) {
@@ -387,6 +862,8 @@ export class Host extends Emitter<HostEvents> {
   async suspendSession(sid: string, seen = new Set<string>()): Promise<boolean> {
     const entry = this.sessions.get(sid);
     if (!entry || seen.has(sid)) return false;
+    // A migrating instance's sessions travel with it.
+    if (this.migrations?.outgoing.has(entry.inst)) return false;
     seen.add(sid);
     const done = this.doSuspendSession(sid, entry, seen);
     // A RESUME that arrives mid-suspension waits for the continuation instead of finding nothing.
@@ -465,7 +942,7 @@ export class Host extends Emitter<HostEvents> {
    */
   async suspendInstance(inst: string): Promise<boolean> {
     const ie = this.instances.get(inst);
-    if (!ie) return false;
+    if (!ie || this.migrations?.outgoing.has(inst)) return false;
     const pending = this.inFlight.get(`instance:${inst}`);
     if (pending) {
       await pending;
@@ -514,6 +991,14 @@ export class Host extends Emitter<HostEvents> {
   /** Finds a suspended session in the Store, checks the client's proof, and brings it back. */
   private async restore(sid: string, verify: (key: SessionKey) => Promise<void>): Promise<ServerSession | undefined> {
     await this.inFlight.get(sid);
+    const arriving = this.migrations?.incoming.get(sid);
+    if (arriving) {
+      const s = await arriving;
+      if (s) {
+        await verify(s.keyForResume);
+        return s;
+      }
+    }
     const live = this.sessions.get(sid);
     if (live) {
       await verify(live.session.keyForResume);
@@ -708,6 +1193,9 @@ export class Host extends Emitter<HostEvents> {
     if (this.closing) return;
     this.closing = true;
     if (this.gcTimer) clearInterval(this.gcTimer);
+    this.fenceWatch.abort();
+    // Stubs of moved sessions must not send CLOSE to clients that now live elsewhere.
+    this.migrations?.close();
     for (const sid of [...this.sessions.keys()]) {
       await this.suspendSession(sid).catch((err: unknown) =>
         this.log.error({ session: sid, err: (err as Error).message }, 'suspend on close failed'),
@@ -719,6 +1207,8 @@ export class Host extends Emitter<HostEvents> {
       );
     }
     await Promise.all(this.cleanups.values());
+    await this.member?.leave();
+    await this.peer?.close();
     await this.server.close();
     await this.stopWorkers();
   }

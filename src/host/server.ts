@@ -3,6 +3,7 @@ import {
   Emitter,
   type EngineOptions,
   FramedConnection,
+  type IssuedChallenge,
   moveMac,
   type Opening,
   type SessionCrypto,
@@ -10,6 +11,7 @@ import {
   type SessionEvent,
   type SessionKey,
   serverOpen,
+  serverOpenIssued,
   serverResumed,
   serverWelcome,
   systemClock,
@@ -64,6 +66,12 @@ export interface SessionServerOptions {
   onGrace?: (session: ServerSession) => void;
 }
 
+/** How {@link SessionServer.accept} treats a transport. */
+export interface AcceptOptions {
+  /** The CHALLENGE a gateway already sent on this transport; see {@link SessionServer.accept}. */
+  challenge?: { nonce: Uint8Array; issuedAt?: number };
+}
+
 const utf8 = new TextEncoder();
 
 type ServerSessionEvents = {
@@ -75,7 +83,8 @@ type ServerSessionEvents = {
 /** The server's side of one client session. */
 export class ServerSession extends Emitter<ServerSessionEvents> {
   readonly id: string;
-  private moveId = 0;
+  /** Last MOVE id sent. Travels with the session (migration) since the client refuses a reused id. */
+  moveId = 0;
 
   constructor(
     readonly sessionId: Uint8Array,
@@ -176,8 +185,15 @@ export class SessionServer {
     return this.sessions.values();
   }
 
-  /** Takes a new transport through the handshake. Never throws. */
-  accept(transport: Transport): void {
+  /**
+   * Takes a new transport through the handshake. Never throws.
+   *
+   * With `opts.challenge` the transport's CHALLENGE was already sent by a gateway (an
+   * authenticated cluster member that guarantees the nonce is fresh and used once): the server
+   * sends no CHALLENGE of its own and checks a RESUME against that nonce. `issuedAt` defaults to
+   * the server's clock at the call. Without it, the server issues its own CHALLENGE as always.
+   */
+  accept(transport: Transport, opts: AcceptOptions = {}): void {
     if (this.closing) {
       transport.close();
       return;
@@ -187,7 +203,10 @@ export class SessionServer {
       maxFrameBytes: this.opts.engine?.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
     });
     this.pending.add(conn);
-    this.handshake(conn)
+    const issued = opts.challenge
+      ? { nonce: opts.challenge.nonce, issuedAt: opts.challenge.issuedAt ?? this.clock.now() }
+      : undefined;
+    this.handshake(conn, issued)
       .catch((err: unknown) => {
         const e =
           err instanceof RoamError ? err : new RoamError('INTERNAL', 'handshake failed', { cause: err as Error });
@@ -198,8 +217,10 @@ export class SessionServer {
       .finally(() => this.pending.delete(conn));
   }
 
-  private async handshake(conn: FramedConnection): Promise<void> {
-    const opening = await serverOpen(conn, this.clock, this.handshakeTimeoutMs);
+  private async handshake(conn: FramedConnection, issued: IssuedChallenge | undefined): Promise<void> {
+    const opening = issued
+      ? await serverOpenIssued(conn, this.clock, this.handshakeTimeoutMs, issued)
+      : await serverOpen(conn, this.clock, this.handshakeTimeoutMs);
     if (opening.kind === 'hello') await this.onHello(conn, opening.hello);
     else await this.onResume(conn, opening);
   }

@@ -1,4 +1,5 @@
 import { Worker } from 'node:worker_threads';
+import type { MoveTarget } from '../service/define.js';
 import type { FromWorker, ServiceMeta, ToWorker, WorkerInit } from '../service/protocol.js';
 import { CODES, type CodeName, RoamError } from '../wire/index.js';
 import type { Logger } from './logger.js';
@@ -10,6 +11,7 @@ export interface ServiceWorkerEvents {
   send(sid: string, channel: number, data: Uint8Array): void;
   close(sid: string, reason: string): void;
   depends(sid: string, on: string): void;
+  moveTo(inst: string, target: MoveTarget): void;
 }
 
 /**
@@ -103,6 +105,9 @@ export class ServiceWorker {
         return;
       case 'close':
         this.events.close(m.sid, m.reason);
+        return;
+      case 'moveTo':
+        this.events.moveTo(m.inst, m.target);
         return;
       case 'depends':
         this.events.depends(m.sid, m.on);

@@ -63,7 +63,17 @@ export interface InstanceContext {
   /** Sends to every attached session except `except`. */
   broadcast(data: Uint8Array | string, opts?: { channel?: number; except?: ServiceSession }): void;
   log(msg: string, fields?: Record<string, unknown>): void;
+  /**
+   * Asks the host to migrate this instance, with its sessions, to another host: one named by id,
+   * or any host carrying all the given labels (the least loaded). Returns at once; the move
+   * happens between hooks and the sessions' `resume` hooks run on the destination with `how` =
+   * 'migrated'. A host outside a cluster logs and ignores it.
+   */
+  moveTo(target: MoveTarget): void;
 }
+
+/** Where `ctx.moveTo` should take an instance. */
+export type MoveTarget = { host: string } | { labels: Record<string, string> };
 
 /**
  * A service: the code that serves sessions. Hooks may be async; each instance's hooks run one at

@@ -3,6 +3,7 @@ export { decodeContinuation, encodeContinuation } from './continuation.js';
 export type {
   InstanceContext,
   InstanceTimers,
+  MoveTarget,
   Requirements,
   ResumeHow,
   ServiceDefinition,

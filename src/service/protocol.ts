@@ -1,4 +1,4 @@
-import type { Requirements, ResumeHow } from './define.js';
+import type { MoveTarget, Requirements, ResumeHow } from './define.js';
 import type { TimerRecord } from './timers.js';
 
 /**
@@ -18,6 +18,45 @@ export interface SessionSnapshot {
 export interface InstanceSnapshot {
   state: StateEntries;
   timers: TimerRecord[];
+}
+
+/** A state store's changes since a generation, or (`full`) its whole content. */
+export interface StateDeltaMsg {
+  set: StateEntries;
+  deleted: string[];
+  /** The receiver replaces its copy instead of applying a diff. */
+  full: boolean;
+}
+
+/** Where pre-copy got to: the generation of each store that the last round covered. */
+export interface PrecopyMark {
+  inst: number;
+  sessions: Record<string, number>;
+}
+
+/** One pre-copy round for one instance. */
+export interface InstanceDelta {
+  inst: string;
+  key: string | undefined;
+  instance: StateDeltaMsg;
+  sessions: Array<[sid: string, delta: StateDeltaMsg]>;
+  mark: PrecopyMark;
+  /** Encoded bytes in this delta (keys and values). */
+  bytes: number;
+}
+
+/** The stop-and-copy remainder: the last delta plus what only exists once frozen. */
+export interface FrozenInstance extends InstanceDelta {
+  timers: TimerRecord[];
+  members: Array<{ sid: string; exported: string[]; dependsOn: string[] }>;
+}
+
+/** What a host lists about each running instance. */
+export interface InstanceInfo {
+  inst: string;
+  key: string | undefined;
+  sessions: number;
+  stateBytes: number;
 }
 
 export type ToWorker =
@@ -41,7 +80,26 @@ export type ToWorker =
   /** Stops an instance for good (its last per-session client closed): nothing is kept. */
   | { op: 'endInstance'; id: number; inst: string }
   | { op: 'restoreInstance'; id: number; inst: string; key: string | undefined; snapshot: InstanceSnapshot }
-  | { op: 'stats'; id: number };
+  | { op: 'stats'; id: number }
+  | { op: 'instances'; id: number }
+  /** Source side of a migration. `since` undefined = round 0 (everything). */
+  | { op: 'precopy'; id: number; inst: string; since: PrecopyMark | undefined }
+  /** Stops timers and intake; replies with the remainder. The instance stays, frozen. */
+  | { op: 'freeze'; id: number; inst: string; since: PrecopyMark | undefined }
+  /** The migration aborted: the frozen instance runs again. */
+  | { op: 'thaw'; id: number; inst: string }
+  /** The migration committed elsewhere: drop the frozen instance without calling any hook. */
+  | { op: 'release'; id: number; inst: string }
+  /** Slows the instance's hooks by `ms` each, so a state-dirtying instance lets pre-copy converge. */
+  | { op: 'throttle'; inst: string; ms: number }
+  /** Destination side: builds (or updates) an inactive copy from a pre-copy round. */
+  | { op: 'stage'; id: number; delta: InstanceDelta }
+  /** Destination: the last round; the staged copy becomes a frozen instance with its sessions. */
+  | { op: 'install'; id: number; frozen: FrozenInstance }
+  /** Destination: the migration committed; timers run and each session's resume hook runs. */
+  | { op: 'activate'; id: number; inst: string }
+  /** Destination: the migration failed; forget the staged or installed copy. */
+  | { op: 'unstage'; id: number; inst: string };
 
 /** What the main thread needs to know about the service before routing sessions to it. */
 export interface ServiceMeta {
@@ -59,6 +117,8 @@ export type FromWorker =
   | { t: 'send'; sid: string; ch: number; data: ArrayBuffer }
   | { t: 'close'; sid: string; reason: string }
   | { t: 'depends'; sid: string; on: string }
+  /** The service asked to move its own instance (`ctx.moveTo`). */
+  | { t: 'moveTo'; inst: string; target: MoveTarget }
   | { t: 'log'; level: 'info' | 'warn' | 'error'; msg: string; fields: Record<string, unknown> };
 
 export interface WorkerStats {

@@ -1,7 +1,19 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { RoamError } from '../wire/index.js';
 import type { InstanceContext, ResumeHow, ServiceDefinition, ServiceSession } from './define.js';
-import type { FromWorker, InstanceSnapshot, SessionSnapshot, ToWorker, WorkerInit, WorkerStats } from './protocol.js';
+import type {
+  FromWorker,
+  FrozenInstance,
+  InstanceDelta,
+  InstanceInfo,
+  InstanceSnapshot,
+  PrecopyMark,
+  SessionSnapshot,
+  StateDeltaMsg,
+  ToWorker,
+  WorkerInit,
+  WorkerStats,
+} from './protocol.js';
 import { StateStore } from './state.js';
 import { MigratableTimers, systemWallClock, type TimerRecord } from './timers.js';
 
@@ -67,6 +79,10 @@ class Instance {
   readonly timers: MigratableTimers;
   private queue: Array<() => unknown> = [];
   private running = false;
+  /** Set by a migration's stop-and-copy: hooks no longer run (they wait, or are dropped on release). */
+  frozen = false;
+  /** Delay before each hook while a migration throttles this instance (auto-converge). */
+  throttleMs = 0;
 
   constructor(
     readonly id: string,
@@ -107,6 +123,9 @@ class Instance {
       log(msg, fields = {}) {
         post({ t: 'log', level: 'info', msg, fields: { ...fields, instance: self.id } });
       },
+      moveTo(target) {
+        post({ t: 'moveTo', inst: self.id, target });
+      },
     };
   }
 
@@ -126,7 +145,10 @@ class Instance {
 
   private async drain(): Promise<void> {
     this.running = true;
-    for (let job = this.queue.shift(); job; job = this.queue.shift()) await job();
+    for (let job = this.queue.shift(); job; job = this.queue.shift()) {
+      if (this.throttleMs > 0) await new Promise((r) => setTimeout(r, this.throttleMs));
+      await job();
+    }
     this.running = false;
   }
 }
@@ -148,6 +170,8 @@ async function load(): Promise<ServiceDefinition> {
 const def: ServiceDefinition = await load();
 
 const instances = new Map<string, Instance>();
+/** Destination side of migrations under way: copies built round by round, not running yet. */
+const staged = new Map<string, { key: string | undefined; state: StateStore; sessions: Map<string, StateStore> }>();
 /** Which instance each session belongs to, so the main thread can address sessions alone. */
 const bySession = new Map<string, Instance>();
 
@@ -190,6 +214,9 @@ async function handle(m: ToWorker): Promise<unknown> {
         throw new RoamError('INVALID_ARGUMENT', `instance key refused: ${(err as Error)?.message ?? err}`);
       }
       const inst = instanceId(key, m.sid);
+      if (instances.get(inst)?.frozen || staged.has(inst)) {
+        throw new RoamError('UNAVAILABLE', `instance ${inst} is moving between hosts; open again in a moment`);
+      }
       const i = await ensureInstance(inst, key);
       const s = new WSession(m.sid, new StateStore());
       i.sessions.set(m.sid, s);
@@ -294,6 +321,105 @@ async function handle(m: ToWorker): Promise<unknown> {
       instances.set(m.inst, i);
       return undefined;
     }
+    case 'instances': {
+      const out: InstanceInfo[] = [];
+      for (const i of instances.values()) {
+        let stateBytes = i.state.sizeBytes;
+        for (const s of i.sessions.values()) stateBytes += s.state.sizeBytes;
+        out.push({ inst: i.id, key: i.key, sessions: i.sessions.size, stateBytes });
+      }
+      return out;
+    }
+    case 'precopy': {
+      const i = instanceOf(m.inst);
+      return i.run(() => deltaOf(i, m.since));
+    }
+    case 'freeze': {
+      const i = instanceOf(m.inst);
+      return i.run((): FrozenInstance => {
+        i.frozen = true;
+        i.throttleMs = 0;
+        const timers = i.timers.suspend();
+        const members = [...i.sessions.values()].map((s) => ({
+          sid: s.id,
+          exported: s.state.exported(),
+          dependsOn: [...s.dependencies],
+        }));
+        return { ...deltaOf(i, m.since), timers, members };
+      });
+    }
+    case 'thaw': {
+      const i = instanceOf(m.inst);
+      i.frozen = false;
+      i.throttleMs = 0;
+      i.timers.resume();
+      return undefined;
+    }
+    case 'release': {
+      const i = instances.get(m.inst);
+      if (!i) return undefined;
+      i.timers.dispose();
+      for (const sid of i.sessions.keys()) bySession.delete(sid);
+      instances.delete(m.inst);
+      return undefined;
+    }
+    case 'throttle': {
+      const i = instances.get(m.inst);
+      if (i && !i.frozen) i.throttleMs = Math.max(0, Math.min(1000, m.ms));
+      return undefined;
+    }
+    case 'stage': {
+      const d = m.delta;
+      if (instances.has(d.inst)) throw new RoamError('INVALID_STATE', `instance ${d.inst} already runs here`);
+      let st = staged.get(d.inst);
+      if (!st) {
+        st = { key: d.key, state: new StateStore(), sessions: new Map() };
+        staged.set(d.inst, st);
+      }
+      applyInto(st.state, d.instance);
+      for (const [sid, delta] of d.sessions) {
+        let ss = st.sessions.get(sid);
+        if (!ss) {
+          ss = new StateStore();
+          st.sessions.set(sid, ss);
+        }
+        applyInto(ss, delta);
+      }
+      return undefined;
+    }
+    case 'install': {
+      const f = m.frozen;
+      await handle({ op: 'stage', id: -1, delta: f });
+      const st = staged.get(f.inst) as NonNullable<ReturnType<typeof staged.get>>;
+      staged.delete(f.inst);
+      const i = new Instance(f.inst, f.key, st.state, f.timers);
+      i.timers.suspend();
+      i.frozen = true;
+      for (const mem of f.members) {
+        const ss = st.sessions.get(mem.sid) ?? new StateStore();
+        const ws = new WSession(mem.sid, StateStore.restore(ss.snapshot(), { exported: mem.exported }));
+        for (const d of mem.dependsOn) ws.dependencies.add(d);
+        i.sessions.set(mem.sid, ws);
+        bySession.set(mem.sid, i);
+      }
+      instances.set(f.inst, i);
+      return undefined;
+    }
+    case 'activate': {
+      const i = instanceOf(m.inst);
+      i.frozen = false;
+      i.timers.resume();
+      for (const s of i.sessions.values()) {
+        i.run(() => def.resume?.(i.ctx, s, 'migrated')).catch((err) => report(err, i.id));
+      }
+      return undefined;
+    }
+    case 'unstage': {
+      staged.delete(m.inst);
+      const i = instances.get(m.inst);
+      if (i?.frozen) await handle({ op: 'release', id: -1, inst: m.inst });
+      return undefined;
+    }
     case 'stats': {
       let sessions = 0;
       for (const i of instances.values()) sessions += i.sessions.size;
@@ -301,6 +427,42 @@ async function handle(m: ToWorker): Promise<unknown> {
       return stats;
     }
   }
+}
+
+/** What changed in a store since `gen` (everything when `gen` is undefined or too old to diff from). */
+function storeDelta(store: StateStore, gen: number | undefined): StateDeltaMsg {
+  if (gen === undefined || gen < store.trackedSince) return { set: store.snapshot(), deleted: [], full: true };
+  const d = store.dirtySince(gen);
+  return { set: d.set, deleted: d.deleted, full: false };
+}
+
+function deltaBytes(d: StateDeltaMsg): number {
+  let n = 0;
+  for (const [k, v] of d.set) n += k.length + v.byteLength;
+  for (const k of d.deleted) n += k.length;
+  return n;
+}
+
+/** One pre-copy round: the instance's and each session's changes since `since`. */
+function deltaOf(i: Instance, since: PrecopyMark | undefined): InstanceDelta {
+  const instance = storeDelta(i.state, since?.inst);
+  let bytes = deltaBytes(instance);
+  const sessions: InstanceDelta['sessions'] = [];
+  const mark: PrecopyMark = { inst: i.state.generation, sessions: {} };
+  for (const s of i.sessions.values()) {
+    const d = storeDelta(s.state, since?.sessions[s.id]);
+    mark.sessions[s.id] = s.state.generation;
+    if (d.full || d.set.length > 0 || d.deleted.length > 0) {
+      sessions.push([s.id, d]);
+      bytes += deltaBytes(d);
+    }
+  }
+  return { inst: i.id, key: i.key, instance, sessions, mark, bytes };
+}
+
+function applyInto(store: StateStore, d: StateDeltaMsg): void {
+  if (d.full) for (const k of store.keys()) store.delete(k);
+  store.applyDelta({ set: d.set, deleted: d.deleted });
 }
 
 /** Channels from 0xff00 up are roam's own; exported values travel on 0xffff as `key\0msgpack-bytes`. */

@@ -28,7 +28,15 @@
 import { crc32 } from 'node:zlib';
 import Database from 'better-sqlite3';
 import { RoamError } from '../wire/index.js';
-import { isValidKey, isValidPrefix, type Store, type StoreEntry, type StoreEvent, type WatchOptions } from './store.js';
+import {
+  type CasOp,
+  isValidKey,
+  isValidPrefix,
+  type Store,
+  type StoreEntry,
+  type StoreEvent,
+  type WatchOptions,
+} from './store.js';
 import { WatchStream } from './watch.js';
 
 /** What the store logs through: pino's interface, or anything shaped like it. */
@@ -235,6 +243,7 @@ export class SqliteStore implements Store {
   private readonly stmt: Statements;
   private readonly putTx: (key: string, value: Buffer, crc: number) => number;
   private readonly casTx: (key: string, expected: number, value: Buffer, crc: number) => number;
+  private readonly casManyTx: (ops: Array<{ key: string; expected: number; value: Buffer; crc: number }>) => number[];
   private readonly deleteTx: (key: string, expected: number | undefined) => number;
 
   private constructor(db: Database.Database, opts: SqliteStoreOptions) {
@@ -288,6 +297,10 @@ export class SqliteStore implements Store {
       logChange(rev, key, OP_DELETE, null, checksum(key, new Uint8Array(0)));
       return rev;
     });
+    const casMany = this.db.transaction((ops: Array<{ key: string; expected: number; value: Buffer; crc: number }>) =>
+      ops.map((o) => cas(o.key, o.expected, o.value, o.crc)),
+    );
+    this.casManyTx = casMany.immediate;
     this.putTx = put.immediate;
     this.casTx = cas.immediate;
     this.deleteTx = del.immediate;
@@ -355,6 +368,24 @@ export class SqliteStore implements Store {
     checkRevision(expectedRevision, 'expectedRevision');
     const buf = checkBytes(value, this.maxValueBytes, 'value');
     return this.wrote(this.casTx(key, expectedRevision, buf, checksum(key, buf)));
+  }
+
+  async compareAndSetMany(ops: ReadonlyArray<CasOp>): Promise<number[]> {
+    this.checkOpen();
+    if (!Array.isArray(ops)) throw new RoamError('INVALID_ARGUMENT', 'compareAndSetMany takes an array');
+    const seen = new Set<string>();
+    const prepared = ops.map((o) => {
+      checkKey(o.key);
+      if (seen.has(o.key)) throw new RoamError('INVALID_ARGUMENT', `key ${o.key} appears twice in one batch`);
+      seen.add(o.key);
+      checkRevision(o.expectedRevision, 'expectedRevision');
+      const value = checkBytes(o.value, this.maxValueBytes, 'value');
+      return { key: o.key, expected: o.expectedRevision, value, crc: checksum(o.key, value) };
+    });
+    if (prepared.length === 0) return [];
+    const revs = this.casManyTx(prepared);
+    this.wrote(revs[revs.length - 1] as number);
+    return revs;
   }
 
   async delete(key: string, expectedRevision?: number): Promise<boolean> {

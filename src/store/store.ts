@@ -49,6 +49,13 @@ export interface WatchOptions {
  * Keys and blob names: 1 to 1024 characters of `[A-Za-z0-9_=./-]`, not starting or ending with
  * `.` and without `..` (the rules of a NATS KV key), else `STORE_INVALID_KEY`.
  */
+/** One compare-and-set of a {@link Store.compareAndSetMany} batch. */
+export interface CasOp {
+  key: string;
+  expectedRevision: number;
+  value: Uint8Array;
+}
+
 export interface Store {
   /**
    * Reads one key.
@@ -74,6 +81,16 @@ export interface Store {
    * `STORE_CLOSED`.
    */
   compareAndSet(key: string, expectedRevision: number, value: Uint8Array): Promise<number>;
+
+  /**
+   * Several compare-and-sets that succeed or fail together: if any key's revision differs from its
+   * `expectedRevision`, nothing is written. One durable commit for the whole batch, which is what
+   * lets a drain move thousands of instances without thousands of fsyncs.
+   * @returns the new revision of each key, in order.
+   * @throws {RoamError} `STORE_CONFLICT` (naming the first key that differed), `INVALID_ARGUMENT`
+   * (a key twice in the batch, bad revision), `STORE_INVALID_KEY`, `STORE_LIMIT`, `STORE_CLOSED`.
+   */
+  compareAndSetMany(ops: ReadonlyArray<CasOp>): Promise<number[]>;
 
   /**
    * Deletes a key; with `expectedRevision`, only if the key's current revision is that one.

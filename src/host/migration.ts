@@ -1,0 +1,724 @@
+import { randomBytes } from 'node:crypto';
+import { pack, unpack } from 'msgpackr';
+import type { WebSocket } from 'ws';
+import { compatMatches, type Requirements } from '../service/define.js';
+import type { FrozenInstance, InstanceDelta, PrecopyMark, ServiceMeta } from '../service/protocol.js';
+import { type Clock, type EngineOptions, SessionEngine, type TransportSnapshot } from '../session/index.js';
+import type { Store } from '../store/index.js';
+import {
+  type ClusterEvent,
+  ClusterKeys,
+  decodeJson,
+  encodeJson,
+  type HostRecord,
+  type LocationRecord,
+  type MigrationReason,
+  type MigrationRecord,
+  signRequest,
+} from '../transport/cluster.js';
+import { nodeSessionCrypto } from '../transport/crypto-node.js';
+import { openPeerLink } from '../transport/peer.js';
+import { type CodeName, RoamError } from '../wire/index.js';
+import type { Logger } from './logger.js';
+import { ServerSession } from './server.js';
+import type { ServiceWorker } from './service-worker.js';
+
+/**
+ * Live migration of instances, with their sessions, from this host to another (DESIGN.md,
+ * "Migration, step by step"). Both ends of the host-to-host link live here.
+ *
+ * Source: offer → pre-copy rounds (round 0 everything, then what was dirtied since; throttle the
+ * instance when the dirty set stops shrinking) → freeze (inbound held, timers stopped) → final
+ * remainder with timers and transport state → wait for the destination's commit → MOVE every
+ * client to the destination.
+ *
+ * Destination: checks compat and requirements, stages each round in the service worker (so the
+ * freeze only applies a small delta), installs the frozen copy, then commits with one
+ * compare-and-set of every instance's location (epoch + 1) in the Store. Only then do the
+ * instances run and the sessions accept resumes.
+ *
+ * Either end may die at any step. The Store decides: the destination commits with a CAS from the
+ * epoch the source read; a source that lost its destination before hearing the verdict claims
+ * the same revisions for itself (epoch + 1, itself as owner). Exactly one CAS wins, so an instance
+ * is never served by two hosts and never by none (short of the winner crashing afterwards).
+ */
+
+/** Tunables of the pre-copy loop. Defaults follow the issue: 64 KiB, 30 rounds. */
+export interface MigrationOptions {
+  /** Stop pre-copy when a round would carry at most this many bytes. Default 64 KiB. */
+  dirtyThresholdBytes?: number;
+  /** Stop pre-copy after this many rounds whatever the dirty set. Default 30. */
+  maxRounds?: number;
+  /** Give up on a destination that does not answer a step within this long. Default 15 s. */
+  stepTimeoutMs?: number;
+  /** How long a source keeps a moved session to redirect a late client. Default 60 s. */
+  movedTtlMs?: number;
+}
+
+/** Per-hook delays of the auto-converge steps (ms). */
+const THROTTLE_STEPS = [0, 1, 2, 4, 8, 16, 32];
+
+/** What the migration code needs from its host. */
+export interface MigrationHost {
+  readonly id: string;
+  readonly store: Store;
+  readonly log: Logger;
+  readonly secret: Uint8Array;
+  readonly clock: Clock;
+  readonly engineOptions: EngineOptions | undefined;
+  worker(service: string): { worker: ServiceWorker; meta: ServiceMeta };
+  hasService(service: string): boolean;
+  checkRequirements(requires: Requirements, service: string): void;
+  instance(inst: string): { service: string; key: string | undefined } | undefined;
+  session(sid: string): ServerSession | undefined;
+  /** Why this host refuses incoming migrations right now (draining, closing), if it does. */
+  refusal(): string | undefined;
+  /** The migrated instance left: drop it from the host's tables; its sessions stay as stubs. */
+  detachMigrated(inst: string): void;
+  /** A migrated instance arrived and committed: register it and its sessions. */
+  attachMigrated(inst: string, service: string, key: string | undefined, sessions: ServerSession[]): void;
+  /** Session ids of an instance, as the host tracks them. */
+  membersOf(inst: string): string[];
+  /** A moved session's stub is no longer needed: drop it from the session server. */
+  forgetStub(sid: string): void;
+  emit(ev: ClusterEvent): void;
+}
+
+interface SessionTransfer {
+  sid: string;
+  inst: string;
+  service: string;
+  key: string | null;
+  sessionId: Uint8Array;
+  sessionKey: Uint8Array;
+  transport: TransportSnapshot;
+  attached: boolean;
+  moveId: number;
+}
+
+interface LocationClaim {
+  inst: string;
+  revision: number;
+  epoch: number;
+}
+
+type ToDestination =
+  | {
+      t: 'offer';
+      mid: string;
+      from: string;
+      service: { name: string; version: string; compat: string[] };
+      requires: Requirements;
+      instances: Array<{ inst: string; key: string | null }>;
+      sessions: number;
+    }
+  | { t: 'round'; n: number; deltas: InstanceDelta[] }
+  | { t: 'final'; frozenAt: number; frozen: FrozenInstance[]; sessions: SessionTransfer[]; claims: LocationClaim[] }
+  | { t: 'abort'; reason: string };
+
+type ToSource =
+  | { t: 'accept' }
+  | { t: 'refuse'; code: CodeName; message: string }
+  | { t: 'ack'; n: number }
+  | { t: 'committed'; epochs: number[] }
+  | { t: 'failed'; code: CodeName; message: string }
+  | { t: 'resumed'; sids: string[]; gapMs: number }
+  | { t: 'gap'; ms: number | undefined };
+
+/** One end of a migration link: msgpack messages in order, awaited one at a time. */
+class Link<In, Out> {
+  private readonly queue: In[] = [];
+  private waiter: { resolve: (m: In) => void; reject: (e: Error) => void } | undefined;
+  private closedWith: Error | undefined;
+  bytesSent = 0;
+
+  constructor(readonly ws: WebSocket) {
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      let m: In;
+      try {
+        if (!isBinary) throw new Error('text message');
+        m = unpack(data) as In;
+        if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string') {
+          throw new Error('not a message');
+        }
+      } catch (err) {
+        this.fail(new RoamError('MALFORMED_FRAME', `bad migration message: ${(err as Error).message}`));
+        ws.terminate();
+        return;
+      }
+      if (this.waiter) {
+        const w = this.waiter;
+        this.waiter = undefined;
+        w.resolve(m);
+      } else {
+        this.queue.push(m);
+      }
+    });
+    ws.on('close', () => this.fail(new RoamError('UNAVAILABLE', 'migration link closed')));
+    ws.on('error', (err) => this.fail(new RoamError('UNAVAILABLE', `migration link: ${err.message}`)));
+  }
+
+  private fail(err: Error): void {
+    this.closedWith ??= err;
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.reject(this.closedWith);
+  }
+
+  get open(): boolean {
+    return this.closedWith === undefined;
+  }
+
+  send(m: Out): void {
+    const bytes = pack(m);
+    this.bytesSent += bytes.length;
+    this.ws.send(bytes);
+  }
+
+  /** The next message, or a rejection when the link closes or `timeoutMs` passes. */
+  next(timeoutMs: number): Promise<In> {
+    const m = this.queue.shift();
+    if (m !== undefined) return Promise.resolve(m);
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    return new Promise<In>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new RoamError('UNAVAILABLE', `migration peer silent for ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
+
+const locValue = (r: LocationRecord): Uint8Array => encodeJson(r);
+
+/** Reads the location rows of `insts`: revision 0 and epoch 0 for an instance never moved. */
+export async function readLocations(
+  store: Store,
+  insts: string[],
+): Promise<Array<{ inst: string; revision: number; record: LocationRecord | undefined }>> {
+  return Promise.all(
+    insts.map(async (inst) => {
+      const e = await store.get(ClusterKeys.location(inst));
+      return { inst, revision: e?.revision ?? 0, record: e ? decodeJson<LocationRecord>(e.value) : undefined };
+    }),
+  );
+}
+
+export class Migrations {
+  private readonly threshold: number;
+  private readonly maxRounds: number;
+  private readonly stepTimeoutMs: number;
+  private readonly movedTtlMs: number;
+  /** Instances on their way out; fencing and suspension leave them alone. */
+  readonly outgoing = new Set<string>();
+  /** Sessions arriving: a RESUME that races the commit waits for it. */
+  readonly incoming = new Map<string, Promise<ServerSession | undefined>>();
+  /** Moved sessions kept as stubs to redirect late clients: sid → expiry timer. */
+  private readonly stubs = new Map<string, { session: ServerSession; timer: NodeJS.Timeout }>();
+  private readonly links = new Set<WebSocket>();
+
+  constructor(
+    private readonly host: MigrationHost,
+    opts: MigrationOptions = {},
+  ) {
+    this.threshold = opts.dirtyThresholdBytes ?? 64 * 1024;
+    this.maxRounds = opts.maxRounds ?? 30;
+    this.stepTimeoutMs = opts.stepTimeoutMs ?? 15_000;
+    this.movedTtlMs = opts.movedTtlMs ?? 60_000;
+  }
+
+  get stubCount(): number {
+    return this.stubs.size;
+  }
+
+  /**
+   * Moves `insts` (all of one service) to `dest`. Resolves with the record once the destination
+   * committed and every attached client was sent its MOVE; rejects (with the record in
+   * `cause`-free form on the error's `record`) when it was refused or aborted — the instances
+   * then still run here.
+   */
+  async migrateOut(insts: string[], dest: HostRecord, reason: MigrationReason): Promise<MigrationRecord> {
+    const h = this.host;
+    const first = h.instance(insts[0] ?? '');
+    if (!first) throw new RoamError('NOT_FOUND', `no instance ${insts[0]} on this host`);
+    for (const inst of insts) {
+      const ie = h.instance(inst);
+      if (!ie) throw new RoamError('NOT_FOUND', `no instance ${inst} on this host`);
+      if (ie.service !== first.service) throw new RoamError('INVALID_ARGUMENT', 'one migration moves one service');
+      if (this.outgoing.has(inst)) throw new RoamError('INVALID_STATE', `instance ${inst} is already moving`);
+    }
+    if (dest.id === h.id) throw new RoamError('INVALID_ARGUMENT', 'an instance cannot move to the host it is on');
+    for (const inst of insts) this.outgoing.add(inst);
+    const { worker, meta } = h.worker(first.service);
+    const rec: MigrationRecord = {
+      id: randomBytes(8).toString('hex'),
+      instances: insts,
+      service: first.service,
+      from: h.id,
+      to: dest.id,
+      reason,
+      outcome: 'aborted',
+      startedAt: Date.now(),
+      endedAt: 0,
+      sessions: 0,
+      stateBytes: 0,
+      bytesSent: 0,
+      rounds: [],
+      finalDirtyBytes: 0,
+      throttleSteps: 0,
+      phases: { negotiateMs: 0, precopyMs: 0, freezeMs: 0, commitMs: 0 },
+    };
+    const t0 = performance.now();
+    let link: Link<ToSource, ToDestination> | undefined;
+    let frozenAt: number | undefined;
+    let finalSent = false;
+    let throttle = 0;
+    const progress = (phase: string, round?: number, etaMs?: number) =>
+      h.emit({ type: 'migration.progress', id: rec.id, instances: insts, phase, round, etaMs });
+    try {
+      const locs = await readLocations(h.store, insts);
+      for (const l of locs) {
+        if (l.record && l.record.host !== h.id) {
+          throw new RoamError('FENCED', `instance ${l.inst} belongs to ${l.record.host} (epoch ${l.record.epoch})`);
+        }
+      }
+      progress('negotiate');
+      const ws = await openPeerLink(dest.peerUrl, '/peer/migrate', h.secret, (m, p) => signRequest(h.secret, m, p));
+      this.links.add(ws);
+      ws.once('close', () => this.links.delete(ws));
+      link = new Link<ToSource, ToDestination>(ws);
+      let sessions = 0;
+      for (const inst of insts) sessions += this.membersOf(inst).length;
+      link.send({
+        t: 'offer',
+        mid: rec.id,
+        from: h.id,
+        service: { name: meta.name, version: meta.version, compat: meta.compat },
+        requires: meta.requires,
+        instances: insts.map((inst) => ({ inst, key: h.instance(inst)?.key ?? null })),
+        sessions,
+      });
+      const answer = await link.next(this.stepTimeoutMs);
+      if (answer.t === 'refuse') {
+        rec.outcome = 'refused';
+        throw new RoamError('MIGRATION_REFUSED', `${dest.id} refused: ${answer.message}`, {
+          cause: new RoamError(answer.code, answer.message),
+        });
+      }
+      if (answer.t !== 'accept') throw new RoamError('INTERNAL', `unexpected ${answer.t} instead of accept`);
+      const tNeg = performance.now();
+      rec.phases.negotiateMs = tNeg - t0;
+
+      // Pre-copy.
+      const marks = new Map<string, PrecopyMark | undefined>();
+      let previous = Number.POSITIVE_INFINITY;
+      for (let n = 0; n < this.maxRounds; n++) {
+        const tr = performance.now();
+        const deltas = await Promise.all(
+          insts.map((inst) => worker.request<InstanceDelta>({ op: 'precopy', inst, since: marks.get(inst) })),
+        );
+        const bytes = deltas.reduce((a, d) => a + d.bytes, 0);
+        if (n === 0) rec.stateBytes = bytes;
+        // Small enough: leave it for the stop-and-copy, which recomputes it from the same marks.
+        if (n > 0 && bytes <= this.threshold) break;
+        link.send({ t: 'round', n, deltas });
+        const ack = await link.next(this.stepTimeoutMs);
+        if (ack.t !== 'ack' || ack.n !== n) throw new RoamError('INTERNAL', `expected ack of round ${n}`);
+        for (const d of deltas) marks.set(d.inst, d.mark);
+        const ms = performance.now() - tr;
+        const keys = deltas.reduce(
+          (a, d) => a + d.instance.set.length + d.sessions.reduce((b, [, s]) => b + s.set.length, 0),
+          0,
+        );
+        rec.rounds.push({ bytes, keys, ms });
+        // The dirty set is not shrinking: the instance dirties state faster than the link carries
+        // it. Slow its hooks down a step (QEMU's auto-converge) until it converges.
+        if (n > 0 && bytes >= previous && throttle < THROTTLE_STEPS.length - 1) {
+          throttle++;
+          rec.throttleSteps = throttle;
+          for (const inst of insts) worker.notify({ op: 'throttle', inst, ms: THROTTLE_STEPS[throttle] as number });
+        }
+        // Time left: the next round is about as big as this one, at this round's rate.
+        progress('precopy', n, Math.round(ms * Math.min(1, bytes / Math.max(1, rec.stateBytes))));
+        previous = bytes;
+      }
+      const tPre = performance.now();
+      rec.phases.precopyMs = tPre - tNeg;
+
+      // Stop-and-copy.
+      progress('freeze');
+      frozenAt = Date.now();
+      for (const inst of insts) for (const sid of this.membersOf(inst)) h.session(sid)?.engine.freeze();
+      const frozen = await Promise.all(
+        insts.map((inst) => worker.request<FrozenInstance>({ op: 'freeze', inst, since: marks.get(inst) })),
+      );
+      const transfers: SessionTransfer[] = [];
+      for (const f of frozen) {
+        rec.finalDirtyBytes += f.bytes;
+        for (const m of f.members) {
+          const s = h.session(m.sid);
+          if (!s) continue;
+          // Frozen: every `send` the worker made before answering is already in the engine.
+          s.engine.freeze();
+          transfers.push({
+            sid: m.sid,
+            inst: f.inst,
+            service: first.service,
+            key: f.key ?? null,
+            sessionId: s.sessionId,
+            sessionKey: s.keyForResume.raw,
+            transport: s.engine.exportTransport(),
+            attached: s.state === 'attached',
+            // The MOVE this host is about to send takes the next id; the destination continues after it.
+            moveId: s.moveId + 1,
+          });
+        }
+      }
+      rec.sessions = transfers.length;
+      const claims = locs.map((l) => ({ inst: l.inst, revision: l.revision, epoch: l.record?.epoch ?? 0 }));
+      link.send({ t: 'final', frozenAt, frozen, sessions: transfers, claims });
+      finalSent = true;
+      const tFinal = performance.now();
+      const verdict = await link.next(this.stepTimeoutMs);
+      if (verdict.t === 'failed') throw new RoamError(verdict.code, verdict.message);
+      if (verdict.t !== 'committed') throw new RoamError('INTERNAL', `unexpected ${verdict.t} instead of commit`);
+      const tCommit = performance.now();
+      rec.phases.freezeMs = tCommit - tPre;
+      rec.phases.commitMs = tCommit - tFinal;
+      rec.epoch = verdict.epochs[0];
+      await this.afterCommit(insts, worker, dest, transfers, link, rec);
+      return rec;
+    } catch (err) {
+      let e = err instanceof RoamError ? err : new RoamError('INTERNAL', (err as Error).message, { cause: err });
+      if (finalSent) {
+        // We may not know the verdict: settle it in the Store.
+        const owner = await this.claimBack(insts);
+        if (owner === dest.id) {
+          rec.phases.freezeMs = performance.now() - t0 - rec.phases.negotiateMs - rec.phases.precopyMs;
+          await this.afterCommit(insts, worker, dest, [], undefined, rec);
+          h.log.warn({ migration: rec.id, err: e.message }, 'lost the destination after it committed');
+          return rec;
+        }
+      }
+      if (frozenAt !== undefined) {
+        for (const inst of insts) {
+          await worker.request({ op: 'thaw', inst }).catch(() => {});
+          for (const sid of this.membersOf(inst)) h.session(sid)?.engine.thaw();
+        }
+      } else if (throttle > 0) {
+        for (const inst of insts) worker.notify({ op: 'throttle', inst, ms: 0 });
+      }
+      link?.send({ t: 'abort', reason: e.message });
+      link?.close();
+      if (rec.outcome !== 'refused') {
+        rec.outcome = 'aborted';
+        if (e.code !== 'FENCED') e = new RoamError('MIGRATION_ABORTED', e.message, { cause: e });
+      }
+      rec.code = e.code;
+      rec.message = e.message;
+      rec.endedAt = Date.now();
+      rec.bytesSent = link?.bytesSent ?? 0;
+      h.emit({ type: 'migration', migration: rec });
+      for (const inst of insts) this.outgoing.delete(inst);
+      throw Object.assign(e, { record: rec });
+    }
+  }
+
+  private membersOf(inst: string): string[] {
+    return this.host.membersOf(inst);
+  }
+
+  /**
+   * The verdict was lost: make it. Claims every instance back at the revisions the migration
+   * started from; losing that CAS means the destination committed first.
+   */
+  private async claimBack(insts: string[]): Promise<string | undefined> {
+    const h = this.host;
+    const locs = await readLocations(h.store, insts);
+    const mine = locs.every((l) => !l.record || l.record.host === h.id);
+    if (!mine) return locs.find((l) => l.record && l.record.host !== h.id)?.record?.host;
+    const svc = h.instance(insts[0] ?? '')?.service ?? '';
+    try {
+      await h.store.compareAndSetMany(
+        locs.map((l) => ({
+          key: ClusterKeys.location(l.inst),
+          expectedRevision: l.revision,
+          value: locValue({ instance: l.inst, service: svc, host: h.id, epoch: (l.record?.epoch ?? 0) + 1 }),
+        })),
+      );
+      return h.id;
+    } catch (err) {
+      if ((err as RoamError).code !== 'STORE_CONFLICT') throw err;
+      const again = await readLocations(h.store, insts);
+      return again.find((l) => l.record && l.record.host !== h.id)?.record?.host ?? h.id;
+    }
+  }
+
+  private async afterCommit(
+    insts: string[],
+    worker: ServiceWorker,
+    dest: HostRecord,
+    transfers: SessionTransfer[],
+    link: Link<ToSource, ToDestination> | undefined,
+    rec: MigrationRecord,
+  ): Promise<void> {
+    const h = this.host;
+    const url = dest.clientUrl;
+    const moved: ServerSession[] = [];
+    for (const inst of insts) {
+      for (const sid of this.membersOf(inst)) {
+        const s = h.session(sid);
+        if (s) moved.push(s);
+      }
+      h.detachMigrated(inst);
+      await worker.request({ op: 'release', inst }).catch(() => {});
+      this.outgoing.delete(inst);
+    }
+    for (const s of moved) this.keepStub(s, url);
+    rec.outcome = 'committed';
+    rec.endedAt = Date.now();
+    rec.bytesSent = link?.bytesSent ?? 0;
+    h.emit({ type: 'migration', migration: rec });
+    if (!link) return;
+    // The destination reports which sessions resumed there (stubs can go) and the clients' gap.
+    const wanted = new Set(transfers.filter((t) => t.attached).map((t) => t.sid));
+    void (async () => {
+      try {
+        for (;;) {
+          const m = await link.next(this.movedTtlMs);
+          if (m.t === 'resumed') {
+            for (const sid of m.sids) this.dropStub(sid);
+          } else if (m.t === 'gap') {
+            if (m.ms !== undefined && wanted.size > 0) {
+              rec.phases.clientGapMs = m.ms;
+              h.emit({ type: 'migration', migration: rec });
+            }
+            break;
+          }
+        }
+      } catch {
+        // Link gone: stubs expire on their own.
+      } finally {
+        link.close();
+      }
+    })();
+  }
+
+  /** Keeps a moved session answering its client with MOVE until the client resumed elsewhere. */
+  private keepStub(s: ServerSession, url: string): void {
+    const sid = s.id;
+    const timer = setTimeout(() => this.dropStub(sid), this.movedTtlMs);
+    timer.unref();
+    this.stubs.set(sid, { session: s, timer });
+    s.engine.freeze();
+    s.on('event', (ev) => {
+      if (ev.type === 'resumed' && this.stubs.has(sid)) void s.move(url);
+    });
+    if (s.state === 'attached') void s.move(url);
+  }
+
+  private dropStub(sid: string): void {
+    const stub = this.stubs.get(sid);
+    if (!stub) return;
+    clearTimeout(stub.timer);
+    this.stubs.delete(sid);
+    this.host.forgetStub(sid);
+  }
+
+  /** Forgets every stub (the host is closing: stubs must not send CLOSE to clients that moved). */
+  dropAllStubs(): void {
+    for (const sid of [...this.stubs.keys()]) this.dropStub(sid);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Destination
+
+  /** Serves one incoming migration link. */
+  accept(ws: WebSocket): void {
+    this.links.add(ws);
+    ws.once('close', () => this.links.delete(ws));
+    const link = new Link<ToDestination, ToSource>(ws);
+    this.serveIncoming(link).catch((err: unknown) => {
+      this.host.log.warn({ err: (err as Error).message }, 'incoming migration failed');
+      link.close();
+    });
+  }
+
+  private async serveIncoming(link: Link<ToDestination, ToSource>): Promise<void> {
+    const h = this.host;
+    const offer = await link.next(this.stepTimeoutMs);
+    if (offer.t !== 'offer') throw new RoamError('UNEXPECTED_FRAME', `expected offer, got ${offer.t}`);
+    const refusal = this.checkOffer(offer);
+    if (refusal) {
+      link.send({ t: 'refuse', code: refusal.code, message: refusal.message });
+      link.close();
+      return;
+    }
+    const { worker } = h.worker(offer.service.name);
+    const insts = offer.instances.map((i) => i.inst);
+    link.send({ t: 'accept' });
+    let staged = false;
+    try {
+      for (;;) {
+        const m = await link.next(this.stepTimeoutMs);
+        if (m.t === 'abort') {
+          throw new RoamError('MIGRATION_ABORTED', m.reason);
+        } else if (m.t === 'round') {
+          staged = true;
+          for (const d of m.deltas) await worker.request({ op: 'stage', delta: d });
+          link.send({ t: 'ack', n: m.n });
+        } else if (m.t === 'final') {
+          staged = true;
+          await this.install(link, offer.service.name, worker, m);
+          return;
+        } else {
+          throw new RoamError('UNEXPECTED_FRAME', `unexpected ${m.t} in a migration`);
+        }
+      }
+    } catch (err) {
+      if (staged) for (const inst of insts) await worker.request({ op: 'unstage', inst }).catch(() => {});
+      throw err;
+    }
+  }
+
+  private checkOffer(offer: Extract<ToDestination, { t: 'offer' }>): { code: CodeName; message: string } | undefined {
+    const h = this.host;
+    const why = h.refusal();
+    if (why) return { code: 'MIGRATION_REFUSED', message: why };
+    if (!h.hasService(offer.service.name)) {
+      return { code: 'UNKNOWN_SERVICE', message: `no service ${offer.service.name} on ${h.id}` };
+    }
+    const { meta } = h.worker(offer.service.name);
+    if (!compatMatches(offer.service.compat, meta.compat)) {
+      return {
+        code: 'INCOMPATIBLE',
+        message: `instance needs compat [${offer.service.compat.join(', ')}], ${meta.name} ${meta.version} here offers [${meta.compat.join(', ')}]`,
+      };
+    }
+    try {
+      h.checkRequirements(offer.requires, offer.service.name);
+    } catch (err) {
+      return { code: (err as RoamError).code ?? 'INCOMPATIBLE', message: (err as Error).message };
+    }
+    for (const i of offer.instances) {
+      if (h.instance(i.inst)) return { code: 'INVALID_STATE', message: `instance ${i.inst} already runs on ${h.id}` };
+    }
+    return undefined;
+  }
+
+  private async install(
+    link: Link<ToDestination, ToSource>,
+    service: string,
+    worker: ServiceWorker,
+    m: Extract<ToDestination, { t: 'final' }>,
+  ): Promise<void> {
+    const h = this.host;
+    let settle!: (ok: boolean) => void;
+    const committed = new Promise<boolean>((r) => {
+      settle = r;
+    });
+    // Build every session first: a RESUME racing the commit waits on `incoming`.
+    const sessions = new Map<string, ServerSession[]>();
+    for (const t of m.sessions) {
+      const engine = SessionEngine.restore(t.transport, { ...h.engineOptions, clock: h.clock });
+      const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
+      const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
+      s.moveId = t.moveId;
+      const list = sessions.get(t.inst) ?? [];
+      list.push(s);
+      sessions.set(t.inst, list);
+      this.incoming.set(
+        t.sid,
+        committed.then((ok) => (ok ? s : undefined)),
+      );
+    }
+    try {
+      for (const f of m.frozen) await worker.request({ op: 'install', frozen: f });
+      const epochs = m.claims.map((c) => c.epoch + 1);
+      await h.store.compareAndSetMany(
+        m.claims.map((c, i) => ({
+          key: ClusterKeys.location(c.inst),
+          expectedRevision: c.revision,
+          value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs[i] as number }),
+        })),
+      );
+      for (const f of m.frozen) h.attachMigrated(f.inst, service, f.key, sessions.get(f.inst) ?? []);
+      for (const f of m.frozen) await worker.request({ op: 'activate', inst: f.inst });
+      settle(true);
+      link.send({ t: 'committed', epochs });
+    } catch (err) {
+      settle(false);
+      for (const f of m.frozen) await worker.request({ op: 'unstage', inst: f.inst }).catch(() => {});
+      const e = err as RoamError;
+      if (link.open) link.send({ t: 'failed', code: e.code ?? 'INTERNAL', message: e.message });
+      throw err;
+    } finally {
+      for (const t of m.sessions) this.incoming.delete(t.sid);
+    }
+    this.watchResumes(link, m, sessions);
+  }
+
+  /** Tells the source which clients arrived (so it drops their stubs) and the longest gap. */
+  private watchResumes(
+    link: Link<ToDestination, ToSource>,
+    m: Extract<ToDestination, { t: 'final' }>,
+    sessions: Map<string, ServerSession[]>,
+  ): void {
+    const waiting = new Set(m.sessions.filter((t) => t.attached).map((t) => t.sid));
+    let gap: number | undefined;
+    let batch: string[] = [];
+    let flushTimer: NodeJS.Timeout | undefined;
+    const flush = () => {
+      flushTimer = undefined;
+      if (batch.length > 0 && link.open) link.send({ t: 'resumed', sids: batch, gapMs: gap ?? 0 });
+      batch = [];
+    };
+    const finish = () => {
+      clearTimeout(deadline);
+      if (flushTimer) clearTimeout(flushTimer);
+      flush();
+      if (link.open) link.send({ t: 'gap', ms: gap });
+    };
+    const deadline = setTimeout(finish, 10_000);
+    deadline.unref();
+    if (waiting.size === 0) {
+      finish();
+      return;
+    }
+    for (const list of sessions.values()) {
+      for (const s of list) {
+        if (!waiting.has(s.id)) continue;
+        const onEvent = (ev: { type: string }) => {
+          if (ev.type !== 'resumed' || !waiting.has(s.id)) return;
+          s.off('event', onEvent);
+          waiting.delete(s.id);
+          const g = Date.now() - m.frozenAt;
+          gap = Math.max(gap ?? 0, g);
+          batch.push(s.id);
+          if (waiting.size === 0) finish();
+          else flushTimer ??= setTimeout(flush, 20);
+        };
+        s.on('event', onEvent);
+      }
+    }
+  }
+
+  close(): void {
+    this.dropAllStubs();
+    for (const ws of this.links) ws.terminate();
+  }
+}
