@@ -68,9 +68,21 @@ export function buildProgram(): Command {
     .option('--admin-token <token>', 'require this bearer token on the admin API')
     .option('--grace-ms <ms>', 'suspend a detached session to the Store after this long', '30000')
     .option('--label <k=v...>', "host labels matched against services' requires.labels", [])
+    .option('--directory <url>', 'join the cluster of this directory (needs the cluster secret)')
+    .option('--secret <hex>', 'cluster secret (default: env ROAM_CLUSTER_SECRET)')
+    .option('--identity <path>', 'Ed25519 identity file (created if missing; default: a new identity each start)')
+    .option('--peer <host:port>', 'peer endpoint for migrations and the directory', '127.0.0.1:0')
+    .option('--advertise-peer <url>', 'peer URL other members should use (NAT, proxies)')
+    .option('--capacity <n>', 'sessions this host accepts at most (placement)', '100000')
+    .option('--store-sync <mode>', 'SQLite sync: full (fsync each commit) or normal (default in a cluster)')
+    .option('--drain-deadline-ms <ms>', 'on SIGTERM/SIGINT, move instances away for at most this long', '30000')
     .addHelpText(
       'after',
-      '\nExample:\n  $ roam host --store roam.db --service counter=./counter.js --listen ws://0.0.0.0:7071\n',
+      '\nExamples:\n  $ roam host --store roam.db --service counter=./counter.js --listen ws://0.0.0.0:7071\n' +
+        '  $ ROAM_CLUSTER_SECRET=… roam host --store /shared/roam.db --service counter=./counter.js \\\n' +
+        '      --directory http://127.0.0.1:7070 --label zone=a\n\n' +
+        'In a cluster, SIGTERM drains the host (every instance moves live to another host) before it\n' +
+        'exits; what cannot move before --drain-deadline-ms is suspended to the Store.\n',
     )
     .action(async (opts: HostCliOptions) => {
       const { Host } = await import('../host/host.js');
@@ -82,24 +94,49 @@ export function buildProgram(): Command {
         return { name: spec.slice(0, eq), module: resolvePath(spec.slice(eq + 1)) };
       });
       const labels = Object.fromEntries(opts.label.map((kv) => kv.split('=') as [string, string]));
-      const store = await openSqliteStore({ path: opts.store });
+      const secretText = opts.secret ?? process.env.ROAM_CLUSTER_SECRET;
+      const sync = opts.storeSync ?? (secretText ? 'normal' : 'full');
+      if (sync !== 'full' && sync !== 'normal') throw new InvalidArgumentError('--store-sync is full or normal');
+      const store = await openSqliteStore({ path: opts.store, synchronous: sync });
+      if (opts.directory && !secretText) {
+        throw new InvalidArgumentError('--directory needs the cluster secret: --secret or env ROAM_CLUSTER_SECRET');
+      }
+      const { parseClusterSecret, loadOrCreateIdentity } = await import('../transport/cluster.js');
+      const cluster = secretText
+        ? {
+            secret: parseClusterSecret(secretText),
+            identity: loadOrCreateIdentity(opts.identity),
+            ...(opts.directory ? { directory: opts.directory } : {}),
+            peerListen: opts.peer,
+            ...(opts.advertisePeer ? { advertisePeerUrl: opts.advertisePeer } : {}),
+            capacity: Number(opts.capacity),
+          }
+        : undefined;
       const host = await Host.start({
         store,
         services,
         labels,
         graceMs: Number(opts.graceMs),
         logger: createLogger('roam-host', process.env.ROAM_LOG_LEVEL ?? 'info'),
+        ...(cluster ? { cluster } : {}),
       });
       const urls: string[] = [];
       for (const u of opts.listen) urls.push((await host.listen(u)).url);
+      const peer = cluster ? (await host.join()).peerUrl : undefined;
       const admin = await startAdmin(host, {
         listen: opts.admin,
         ...(opts.adminToken ? { token: opts.adminToken } : {}),
       });
-      process.stdout.write(`${JSON.stringify({ listen: urls, admin: admin.url })}\n`);
+      process.stdout.write(`${JSON.stringify({ id: host.id, listen: urls, admin: admin.url, peer })}\n`);
       await waitForSignal();
-      // Suspends every session and instance to the Store: clients resume when a host is back.
-      await host.close();
+      if (cluster) {
+        // Drain: every instance moves live to another host; the rest is suspended to the Store.
+        const d = await host.shutdown({ deadlineMs: Number(opts.drainDeadlineMs) });
+        if (d) process.stderr.write(`drained: ${d.moved} moved, ${d.failed} failed, ${d.suspended} suspended\n`);
+      } else {
+        // Suspends every session and instance to the Store: clients resume when a host is back.
+        await host.close();
+      }
       await admin.close();
       await store.close();
     });
@@ -142,6 +179,14 @@ interface HostCliOptions {
   adminToken?: string;
   graceMs: string;
   label: string[];
+  directory?: string;
+  secret?: string;
+  identity?: string;
+  peer: string;
+  advertisePeer?: string;
+  capacity: string;
+  drainDeadlineMs: string;
+  storeSync?: string;
 }
 
 function waitForSignal(): Promise<void> {

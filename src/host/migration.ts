@@ -599,6 +599,11 @@ export class Migrations {
     const h = this.host;
     const why = h.refusal();
     if (why) return { code: 'MIGRATION_REFUSED', message: why };
+    try {
+      h.checkRequirements(offer.requires, offer.service.name);
+    } catch (err) {
+      return { code: (err as RoamError).code ?? 'INCOMPATIBLE', message: (err as Error).message };
+    }
     if (!h.hasService(offer.service.name)) {
       return { code: 'UNKNOWN_SERVICE', message: `no service ${offer.service.name} on ${h.id}` };
     }
@@ -608,11 +613,6 @@ export class Migrations {
         code: 'INCOMPATIBLE',
         message: `instance needs compat [${offer.service.compat.join(', ')}], ${meta.name} ${meta.version} here offers [${meta.compat.join(', ')}]`,
       };
-    }
-    try {
-      h.checkRequirements(offer.requires, offer.service.name);
-    } catch (err) {
-      return { code: (err as RoamError).code ?? 'INCOMPATIBLE', message: (err as Error).message };
     }
     for (const i of offer.instances) {
       if (h.instance(i.inst)) return { code: 'INVALID_STATE', message: `instance ${i.inst} already runs on ${h.id}` };
@@ -657,7 +657,13 @@ export class Migrations {
         })),
       );
       for (const f of m.frozen) h.attachMigrated(f.inst, service, f.key, sessions.get(f.inst) ?? []);
-      for (const f of m.frozen) await worker.request({ op: 'activate', inst: f.inst });
+      // Not awaited: the worker handles messages in order, so activation precedes anything a
+      // resumed client sends, and the verdict reaches the source one worker round trip sooner.
+      for (const f of m.frozen) {
+        worker
+          .request({ op: 'activate', inst: f.inst })
+          .catch((err: unknown) => h.log.error({ instance: f.inst, err: (err as Error).message }, 'activation failed'));
+      }
       settle(true);
       link.send({ t: 'committed', epochs });
     } catch (err) {

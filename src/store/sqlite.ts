@@ -59,6 +59,14 @@ export interface SqliteStoreOptions {
   logger?: StoreLogger;
   /** How long a write waits for another process's write lock before failing, in ms; default 5000. */
   busyTimeoutMs?: number;
+  /**
+   * `full` (default) fsyncs every commit. `normal` (WAL) survives any process crash — a commit is
+   * in the OS page cache the moment it returns — but an OS crash or power cut may lose the last
+   * commits. On one machine every process sharing the file dies in such a crash too, so no host
+   * can act on a lost ownership change; hosts in a local cluster use `normal` so a migration's
+   * commit costs microseconds instead of an fsync (docs/cluster.md).
+   */
+  synchronous?: 'full' | 'normal';
   /** Most events one watcher queues for a consumer that is not reading; default 10,000. */
   watchQueueLimit?: number;
   /** Change-log rows kept for watchers that lag: at most this many; default 10,000. */
@@ -319,12 +327,12 @@ export class SqliteStore implements Store {
       // the file; a commit is one append to the -wal file, and a crash mid-write leaves a torn
       // frame that recovery ignores, so the database is always the last complete commit.
       db.pragma('journal_mode = WAL');
-      // FULL, not NORMAL: in WAL mode NORMAL already survives the process being killed (the
+      // FULL by default, not NORMAL (the `synchronous` option opts out, see there): in WAL mode NORMAL already survives the process being killed (the
       // commit is in the OS page cache), but an OS crash or power cut could lose the last commits
       // after they were acknowledged. The directory acknowledges ownership changes (epochs) to
       // hosts on the strength of a commit; forgetting one could let two hosts serve the same
       // instance. So every commit fsyncs the WAL. Writes are control-plane rate: the cost is fine.
-      db.pragma('synchronous = FULL');
+      db.pragma(`synchronous = ${opts.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
       // A big blob passes through the WAL; cut the file back after checkpoints instead of keeping
       // its high-water size forever.
       db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`);

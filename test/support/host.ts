@@ -6,6 +6,8 @@ export const SERVICES = {
   counter: new URL('./services/counter.ts', import.meta.url).pathname,
   counterV2: new URL('./services/counter-v2.ts', import.meta.url).pathname,
   room: new URL('./services/room.ts', import.meta.url).pathname,
+  stream: new URL('./services/stream.ts', import.meta.url).pathname,
+  needy: new URL('./services/needy.ts', import.meta.url).pathname,
 };
 
 export interface TestHost {

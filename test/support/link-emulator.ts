@@ -192,7 +192,7 @@ export class LinkEmulator {
 
   private constructor(
     private readonly server: net.Server,
-    private readonly target: { host: string; port: number },
+    private target: { host: string; port: number },
     link: LinkState,
   ) {
     this.link = link;
@@ -216,6 +216,14 @@ export class LinkEmulator {
 
   address(): { host: string; port: number } {
     return { host: this.host, port: this.port };
+  }
+
+  /**
+   * Points new connections at another target: lets a test start the emulator first and advertise
+   * its address before the process behind it has picked its own port.
+   */
+  retarget(target: { host: string; port: number }): void {
+    this.target = target;
   }
 
   /** Patch conditions (omitted fields keep their value; explicit undefined resets). New data only. */

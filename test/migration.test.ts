@@ -1,0 +1,180 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { connect } from '../src/client/node.js';
+import type { MigrationRecord } from '../src/transport/cluster.js';
+import { type Cluster, startCluster } from './support/cluster.js';
+import { SERVICES } from './support/host.js';
+import { type StreamClient, streamClient } from './support/stream-client.js';
+
+/**
+ * Live migration between real host processes, through the directory's API, with a client that
+ * streams both ways at 1 kHz. Every index and every echo must arrive exactly once, in order.
+ */
+
+interface InstanceRow {
+  instance: string;
+  service: string;
+  host: string;
+  sessions: number;
+}
+
+async function instancesOf(cluster: Cluster, service: string): Promise<InstanceRow[]> {
+  const { instances } = await cluster.api<{ instances: InstanceRow[] }>('/api/instances');
+  return instances.filter((i) => i.service === service);
+}
+
+/** The instance of a client's session, and the host that runs it, as the directory sees them. */
+async function whereIs(cluster: Cluster, sid: string): Promise<{ instance: string; host: string }> {
+  const { sessions } = await cluster.api<{ sessions: Array<{ session: string; instance: string; host: string }> }>(
+    `/api/sessions?id=${sid}`,
+  );
+  const s = sessions.find((x) => x.session === sid);
+  assert.ok(s, `session ${sid} is not on any host`);
+  return { instance: s.instance, host: s.host };
+}
+
+const streamServices = [`stream=${SERVICES.stream}`, `counter=${SERVICES.counter}`];
+
+describe('live migration (direct mode)', { timeout: 180_000 }, () => {
+  let cluster: Cluster;
+  before(async () => {
+    cluster = await startCluster({
+      hosts: [
+        { services: [...streamServices, `needy=${SERVICES.needy}`], labels: { zone: 'a', region: 'eu' } },
+        { services: streamServices, labels: { zone: 'b' } },
+        // Same service name, other compat tags and version: can never receive a stream instance.
+        { services: [`stream=${new URL('./support/services/stream-v2.ts', import.meta.url).pathname}`] },
+      ],
+    });
+  });
+  after(() => cluster.close());
+
+  it('moves an instance 50 times back and forth at 1 kHz each way: nothing lost, duplicated or reordered', async (t) => {
+    const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
+    const s = connect(a.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+    t.after(() => s.close());
+    const c = streamClient(s);
+    await s.ready;
+    s.send('start 1');
+    c.startSending(1);
+    await c.until(50);
+    const { instance } = await whereIs(cluster, s.id as string);
+    const records: MigrationRecord[] = [];
+    let onHost = a.id;
+    for (let i = 0; i < 50; i++) {
+      const to = onHost === a.id ? b.id : a.id;
+      const before = c.received;
+      records.push(await cluster.api<MigrationRecord>('/api/migrate', { instance, to }));
+      onHost = to;
+      // The stream goes on at the destination before the next move.
+      await c.until(before + 20);
+    }
+    c.stopSending();
+    await c.untilEchoed();
+    assert.deepEqual(c.errors, []);
+    assert.ok(c.received > 1000, `only ${c.received} indices in 50 migrations`);
+    assert.equal(c.echoed, c.sent);
+    assert.equal(records.length, 50);
+    for (const r of records) {
+      assert.equal(r.outcome, 'committed');
+      assert.ok(r.rounds.length >= 1, 'at least round 0');
+      assert.equal(r.sessions, 1);
+    }
+    // Epochs rise by one per move.
+    assert.deepEqual(
+      records.map((r) => r.epoch),
+      records.map((_, i) => i + 1),
+    );
+    // The service saw the moves (resume hook with how = migrated), and timers kept going.
+    assert.equal(c.control.filter((m) => m === 'resumed:migrated').length, 50);
+    const where = await whereIs(cluster, s.id as string);
+    assert.equal(where.host, onHost);
+    assert.equal((await instancesOf(cluster, 'stream')).filter((i) => i.instance === instance).length, 1);
+  });
+
+  it('a client that changes local address while its session migrates resumes on the destination', async (t) => {
+    const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
+    const s = connect(a.clientUrl, {
+      service: 'stream',
+      localAddress: '127.0.0.2',
+      reconnect: { initialDelayMs: 5, maxDelayMs: 50 },
+    });
+    t.after(() => s.close());
+    const c = streamClient(s);
+    await s.ready;
+    s.send('start 2');
+    c.startSending(2);
+    await c.until(20);
+    const { instance, host } = await whereIs(cluster, s.id as string);
+    const to = host === a.id ? b.id : a.id;
+    const moving = cluster.api<MigrationRecord>('/api/migrate', { instance, to });
+    // The network changes under the client while the instance moves.
+    s.setLocalAddress('127.0.0.3');
+    s.reconnectNow();
+    const rec = await moving;
+    assert.equal(rec.outcome, 'committed');
+    const before = c.received;
+    await c.until(before + 50);
+    c.stopSending();
+    await c.untilEchoed();
+    assert.deepEqual(c.errors, []);
+    const { sessions } = await cluster.api<{ sessions: Array<{ session: string; host: string; remote: string }> }>(
+      `/api/sessions?id=${s.id}`,
+    );
+    assert.equal(sessions[0]?.host, to);
+    assert.match(String(sessions[0]?.remote), /127\.0\.0\.3/);
+  });
+
+  it('a migration the destination refuses (compat tags, unmet requires) leaves the instance serving on the source', async (t) => {
+    const [a, , v2] = cluster.hosts as [
+      (typeof cluster.hosts)[0],
+      (typeof cluster.hosts)[0],
+      (typeof cluster.hosts)[0],
+    ];
+    const s = connect(a.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+    t.after(() => s.close());
+    const c = streamClient(s);
+    await s.ready;
+    s.send('start 2');
+    c.startSending(2);
+    await c.until(10);
+    const { instance } = await whereIs(cluster, s.id as string);
+    await assert.rejects(cluster.api('/api/migrate', { instance, to: v2.id }), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'MIGRATION_REFUSED');
+      assert.match(err.message, /compat/);
+      return true;
+    });
+    const before = c.received;
+    await c.until(before + 20);
+    assert.equal((await whereIs(cluster, s.id as string)).host, a.id);
+    c.stopSending();
+    await c.untilEchoed();
+    assert.deepEqual(c.errors, []);
+    const { migrations } = await cluster.api<{ migrations: MigrationRecord[] }>('/api/migrations?limit=5');
+    const refused = migrations.find((m) => m.instances.includes(instance) && m.outcome === 'refused');
+    assert.ok(refused, 'the refusal is recorded');
+    assert.equal(refused.to, v2.id);
+
+    // Unmet requires: `needy` wants label region=eu, which the v2 host lacks.
+    const n = connect(a.clientUrl, { service: 'needy', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+    t.after(() => n.close());
+    await n.ready;
+    const echo = () =>
+      new Promise<string>((resolve) => {
+        n.once('message', (d) => resolve(new TextDecoder().decode(d)));
+        n.send('ping');
+      });
+    assert.equal(await echo(), 'ping');
+    const needy = await whereIs(cluster, n.id as string);
+    await assert.rejects(
+      cluster.api('/api/migrate', { instance: needy.instance, to: v2.id }),
+      (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'MIGRATION_REFUSED');
+        assert.match(err.message, /region=eu/);
+        return true;
+      },
+    );
+    assert.equal(await echo(), 'ping', 'still served by the source');
+    assert.equal((await whereIs(cluster, n.id as string)).host, a.id);
+  });
+});

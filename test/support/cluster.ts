@@ -1,0 +1,172 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { clusterFetch, newClusterSecret, parseClusterSecret } from '../../src/transport/cluster.js';
+import { NODE_ARGS, ROAM } from './cli.js';
+import { SERVICES } from './host.js';
+import { tempDir } from './server.js';
+
+/** A `roam` process started by a test; killed (SIGKILL) at cleanup if still running. */
+export interface RoamProcess {
+  child: ChildProcess;
+  /** The JSON line the command printed once ready. */
+  info: Record<string, unknown>;
+  exited: Promise<number | null>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+export interface ClusterHost extends RoamProcess {
+  id: string;
+  clientUrl: string;
+  peerUrl: string;
+}
+
+export interface HostSpec {
+  labels?: Record<string, string>;
+  /** Peer URL to advertise instead of the real one (a link emulator in front of it). */
+  advertisePeer?: string;
+  /** Extra CLI arguments. */
+  args?: string[];
+  /** Services as name=module; default counter and room. */
+  services?: string[];
+  listen?: string;
+  env?: Record<string, string>;
+}
+
+export interface Cluster {
+  dbPath: string;
+  secret: string;
+  secretBytes: Uint8Array;
+  directory: RoamProcess & { url: string };
+  hosts: ClusterHost[];
+  /** Calls the directory's API (signed with the cluster secret). */
+  api<T>(path: string, body?: unknown, timeoutMs?: number): Promise<T>;
+  addHost(spec?: HostSpec): Promise<ClusterHost>;
+  /** Kills the directory and starts a new one on the same Store and port. */
+  restartDirectory(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Starts `roam <args>` and waits for its first stdout line (JSON). */
+export async function startRoam(args: string[], env: Record<string, string> = {}): Promise<RoamProcess> {
+  const child = spawn(process.execPath, [...NODE_ARGS, ROAM, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ROAM_LOG_LEVEL: process.env.ROAM_LOG_LEVEL ?? 'warn', ...env },
+  });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    stderr += d.toString();
+    if (stderr.length > 64 * 1024) stderr = stderr.slice(-32 * 1024);
+    if (process.env.ROAM_TEST_VERBOSE) process.stderr.write(d);
+  });
+  const exited = once(child, 'exit').then(([code]) => code as number | null);
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  const first = new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    void exited.then((code) => reject(new Error(`roam ${args[0]} exited (${code}) before it was ready:\n${stderr}`)));
+  });
+  const line = await first;
+  // Keep draining stdout so the child never blocks on a full pipe.
+  lines.on('line', () => {});
+  return {
+    child,
+    info: JSON.parse(line) as Record<string, unknown>,
+    exited,
+    kill: (signal = 'SIGKILL') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    },
+  };
+}
+
+/**
+ * A directory and `hosts` hosts, each its own `roam` process, on one SQLite Store in a temp dir,
+ * every port picked by the OS.
+ */
+export async function startCluster(opts: { hosts?: number | HostSpec[]; heartbeatMs?: number } = {}): Promise<Cluster> {
+  const dir = await tempDir();
+  const dbPath = `${dir.path}/roam.db`;
+  const secret = newClusterSecret();
+  const secretBytes = parseClusterSecret(secret);
+  const env = { ROAM_CLUSTER_SECRET: secret };
+  const procs = new Set<RoamProcess>();
+  const track = <T extends RoamProcess>(p: T): T => {
+    procs.add(p);
+    void p.exited.then(() => procs.delete(p));
+    return p;
+  };
+  const directoryArgs = (listen: string) => [
+    'directory',
+    '--store',
+    dbPath,
+    '--listen',
+    listen,
+    '--json',
+    ...(opts.heartbeatMs ? ['--heartbeat-ms', String(opts.heartbeatMs)] : []),
+  ];
+  const startDirectory = async (listen: string) => {
+    const p = track(await startRoam(directoryArgs(listen), env));
+    return Object.assign(p, { url: String(p.info.url) });
+  };
+  const cluster: Cluster = {
+    dbPath,
+    secret,
+    secretBytes,
+    directory: await startDirectory('127.0.0.1:0'),
+    hosts: [],
+    api: (path, body, timeoutMs) =>
+      clusterFetch(cluster.directory.url, path, {
+        ...(body === undefined ? {} : { body }),
+        secret: secretBytes,
+        timeoutMs: timeoutMs ?? 120_000,
+      }),
+    async addHost(spec: HostSpec = {}) {
+      const services = spec.services ?? [`counter=${SERVICES.counter}`, `room=${SERVICES.room}`];
+      const args = [
+        'host',
+        '--store',
+        dbPath,
+        '--listen',
+        spec.listen ?? 'ws://127.0.0.1:0',
+        '--admin',
+        '127.0.0.1:0',
+        '--directory',
+        cluster.directory.url,
+        '--peer',
+        '127.0.0.1:0',
+        ...services.flatMap((s) => ['--service', s]),
+        ...Object.entries(spec.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]),
+        ...(spec.advertisePeer ? ['--advertise-peer', spec.advertisePeer] : []),
+        ...(spec.args ?? []),
+      ];
+      const p = track(await startRoam(args, { ...env, ...spec.env }));
+      const h: ClusterHost = Object.assign(p, {
+        id: String(p.info.id),
+        clientUrl: (p.info.listen as string[])[0] as string,
+        peerUrl: String(p.info.peer),
+      });
+      cluster.hosts.push(h);
+      return h;
+    },
+    async restartDirectory() {
+      const port = new URL(cluster.directory.url).port;
+      cluster.directory.kill('SIGKILL');
+      await cluster.directory.exited;
+      cluster.directory = await startDirectory(`127.0.0.1:${port}`);
+    },
+    async close() {
+      for (const p of procs) p.kill('SIGKILL');
+      await Promise.all([...procs].map((p) => p.exited));
+      await dir.cleanup();
+    },
+  };
+  const specs =
+    typeof opts.hosts === 'number' || opts.hosts === undefined ? Array(opts.hosts ?? 3).fill({}) : opts.hosts;
+  try {
+    // One at a time: each `tsx` start compiles the CLI, and two cores are plenty busy with that.
+    for (const s of specs as HostSpec[]) await cluster.addHost(s);
+  } catch (err) {
+    await cluster.close();
+    throw err;
+  }
+  return cluster;
+}

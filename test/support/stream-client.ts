@@ -1,0 +1,124 @@
+import type { Session } from '../../src/client/index.js';
+
+const dec = new TextDecoder();
+
+/**
+ * Drives a `stream` session (test/support/services/stream.ts) and checks both directions:
+ * indices from the service must arrive 1, 2, 3, … and the echoes of what the client sent must come
+ * back 1, 2, 3, … Anything else (lost, duplicated, reordered) is recorded in `errors`.
+ */
+export interface StreamClient {
+  session: Session;
+  /** Last index received from the service. */
+  readonly received: number;
+  /** Last number the service echoed (= received, in order, exactly once). */
+  readonly echoed: number;
+  /** Numbers sent so far. */
+  readonly sent: number;
+  readonly errors: string[];
+  /** Control messages on channel 1 (e.g. `resumed:migrated`). */
+  readonly control: string[];
+  /** Longest silence between two consecutive indices, in ms (after the first `since` index). */
+  maxGapMs(since?: number): number;
+  /** Arrival times of the indices, for gap analysis. */
+  readonly times: number[];
+  /** Sends the next number every `everyMs` until `stopSending`. */
+  startSending(everyMs: number): void;
+  stopSending(): void;
+  /** Resolves once `received >= n` (and, with `echoed`, once the echo caught up with `sent`). */
+  until(n: number): Promise<void>;
+  untilEchoed(): Promise<void>;
+  sendNext(): void;
+}
+
+export function streamClient(session: Session): StreamClient {
+  const errors: string[] = [];
+  const control: string[] = [];
+  const times: number[] = [];
+  let received = 0;
+  let echoed = 0;
+  let sent = 0;
+  let timer: NodeJS.Timeout | undefined;
+  const waiters = new Set<() => void>();
+  const wake = () => {
+    for (const w of waiters) w();
+  };
+  session.on('message', (d, ch) => {
+    const text = dec.decode(d);
+    if (ch === 0) {
+      const v = Number(text);
+      if (v !== received + 1) errors.push(`index ${v} after ${received}`);
+      received = Math.max(received, v);
+      times[v] = performance.now();
+    } else if (ch === 1) {
+      control.push(text);
+    } else if (ch === 2) {
+      const v = Number(text);
+      if (v !== echoed + 1) errors.push(`echo ${v} after ${echoed}`);
+      echoed = Math.max(echoed, v);
+    } else if (ch === 3) {
+      errors.push(`service saw ${text}`);
+    }
+    wake();
+  });
+  const c: StreamClient = {
+    session,
+    get received() {
+      return received;
+    },
+    get echoed() {
+      return echoed;
+    },
+    get sent() {
+      return sent;
+    },
+    errors,
+    control,
+    times,
+    maxGapMs(since = 1) {
+      let gap = 0;
+      for (let i = since + 1; i <= received; i++) {
+        const a = times[i - 1];
+        const b = times[i];
+        if (a !== undefined && b !== undefined) gap = Math.max(gap, b - a);
+      }
+      return gap;
+    },
+    sendNext() {
+      sent++;
+      session.send(String(sent));
+    },
+    startSending(everyMs) {
+      timer = setInterval(() => c.sendNext(), everyMs);
+    },
+    stopSending() {
+      if (timer) clearInterval(timer);
+      timer = undefined;
+    },
+    until(n) {
+      return new Promise<void>((resolve) => {
+        const check = () => {
+          if (received >= n) {
+            waiters.delete(check);
+            resolve();
+          }
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    untilEchoed() {
+      return new Promise<void>((resolve) => {
+        const check = () => {
+          if (echoed >= sent) {
+            waiters.delete(check);
+            resolve();
+          }
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+  return c;
+}
