@@ -170,6 +170,9 @@ export class Session extends Emitter<SessionEvents> {
     this.engine.on('move', (f) => {
       void this.onMove(f);
     });
+    this.engine.on('challenge', (nonce, conn) => {
+      void this.onInbandChallenge(nonce, conn);
+    });
     this.holdAlive();
     void this.run();
   }
@@ -244,6 +247,8 @@ export class Session extends Emitter<SessionEvents> {
     if (this._state === 'open') {
       this.resumeImmediately = true;
       this.engine.dropTransport();
+      // An in-band re-resume in progress gives up too and falls back to a new transport.
+      this.connecting?.abort();
     } else if (this._state === 'suspended') {
       this.attempt = 0;
       this.wake?.();
@@ -403,6 +408,58 @@ export class Session extends Emitter<SessionEvents> {
         }
         this.warn(e);
       }
+    }
+  }
+
+  /**
+   * In-band re-resume: a CHALLENGE arrived on the open transport. A gateway moved the session's
+   * upstream to another host (after an authenticated MOVE the host sent and the gateway kept)
+   * and asks for a RESUME on this same connection. The engine has stopped using the connection
+   * for data without closing it; we answer the nonce with the session key, check the server's
+   * RESUMED proof exactly as on a new transport (so a gateway cannot fake a host), and re-attach:
+   * everything the new host has not received is retransmitted from the replay buffer.
+   *
+   * The app sees only `resumed` (the state stays `open`; `send` keeps queueing meanwhile). If the
+   * re-resume fails the app sees `suspended` and the session resumes on a new transport as after
+   * any transport loss — unless the refusal is final (unknown session, bad proof), then `lost`.
+   */
+  private async onInbandChallenge(nonce: Uint8Array, conn: FramedConnection): Promise<void> {
+    const key = this.key;
+    const id = this._id;
+    if (this._state !== 'open' || !key || !id) {
+      conn.abort();
+      return;
+    }
+    this.connecting = conn;
+    try {
+      const peerLast = await clientResume(
+        conn,
+        this.clock,
+        this.handshakeTimeoutMs,
+        id,
+        key,
+        this.engine.lastReceivedSeq,
+        nonce,
+      );
+      if (this.connecting === conn) this.connecting = undefined;
+      if (this._state !== 'open' || this.engine.state !== 'detached') {
+        conn.abort();
+        return;
+      }
+      this.engine.attach(conn, peerLast);
+    } catch (err) {
+      if (this.connecting === conn) this.connecting = undefined;
+      conn.abort();
+      if (this._state !== 'open' || this.engine.state !== 'detached') return;
+      const e = asRoamError(err);
+      if (FATAL_ON_RESUME.has(e.code)) {
+        this.engine.lose(e.code, e.message);
+        return;
+      }
+      this.warn(e);
+      // The gateway or the new host gave up on this connection: resume on a new one, at once.
+      this.resumeImmediately = true;
+      this.onEngineEvent({ type: 'suspended', code: e.code, message: e.message });
     }
   }
 

@@ -70,6 +70,13 @@ type EngineEvents = {
   drain: [];
   /** A MOVE frame, for the owner (the client) to authenticate and act on. */
   move: [Extract<Frame, { type: typeof FrameType.MOVE }>];
+  /**
+   * A CHALLENGE arrived on the attached transport: the peer (a gateway re-splicing the session to
+   * another host) asks for a new RESUME on this same connection. The engine has already let go of
+   * `conn` without closing it (state `detached`, no event) and frames after the CHALLENGE queue
+   * on it; the owner answers the nonce and calls {@link SessionEngine.attach} with `conn` again.
+   */
+  challenge: [nonce: Uint8Array, conn: FramedConnection];
 };
 
 /**
@@ -500,9 +507,31 @@ export class SessionEngine extends Emitter<EngineEvents> {
         }
         this.emit('move', f);
         return;
+      case FrameType.CHALLENGE:
+        // Without an owner that can re-handshake in-band (servers), a CHALLENGE here is a violation.
+        if (this.listenerCount('challenge') === 0) {
+          conn.fail(new ProtocolError('UNEXPECTED_FRAME', 'CHALLENGE on an established session'));
+          return;
+        }
+        this.park(conn);
+        this.emit('challenge', f.nonce.slice(), conn);
+        return;
       default:
         conn.fail(new ProtocolError('UNEXPECTED_FRAME', `frame type ${f.type} not allowed on an established session`));
     }
+  }
+
+  /**
+   * Stops using `conn` without closing it: frames that follow queue on it for a handshake.
+   * Like {@link detach}, but silent — the owner re-attaches on the same connection, and an
+   * ordinary `resumed` event follows (or, if that fails, the owner reports `suspended`).
+   */
+  private park(conn: FramedConnection): void {
+    this.conn = undefined;
+    conn.clearHandler();
+    this._state = 'detached';
+    this.detachedAt = this.clock.now();
+    this.stopTimers();
   }
 
   private onRttSample(r: number): void {

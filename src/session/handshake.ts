@@ -1,4 +1,12 @@
-import { type Frame, FrameType, type HelloFrame, ProtocolError, type ResumeFrame, RoamError } from '../wire/index.js';
+import {
+  type Frame,
+  FrameType,
+  type HelloFrame,
+  NONCE_BYTES,
+  ProtocolError,
+  type ResumeFrame,
+  RoamError,
+} from '../wire/index.js';
 import type { Clock } from './clock.js';
 import type { FramedConnection } from './connection.js';
 import {
@@ -79,6 +87,10 @@ export async function clientHello(
  * Client: proves possession of the session key on a new transport. Answers the server's fresh
  * nonce, and checks the server's own proof over our nonce so an impostor cannot fake RESUMED.
  * Returns the server's last received seq.
+ *
+ * `challenge` is a nonce already received: a CHALLENGE that arrived in-band on an established
+ * transport (a gateway re-splicing the session to another host). Without it, the CHALLENGE is
+ * awaited first, as on every new transport.
  */
 export async function clientResume(
   conn: FramedConnection,
@@ -87,11 +99,12 @@ export async function clientResume(
   sessionId: Uint8Array,
   key: SessionKey,
   lastSeq: number,
+  challenge?: Uint8Array,
 ): Promise<number> {
-  const ch = await expect(conn, clock, timeoutMs, [FrameType.CHALLENGE]);
+  const nonce = challenge ?? (await expect(conn, clock, timeoutMs, [FrameType.CHALLENGE])).nonce;
   const clientNonce = newNonce();
-  const proof = await mac(key, Labels.resume, ch.nonce, sessionId, u64Bytes(lastSeq));
-  conn.writeFrame({ type: FrameType.RESUME, sessionId, nonce: ch.nonce, lastSeq, clientNonce, mac: proof });
+  const proof = await mac(key, Labels.resume, nonce, sessionId, u64Bytes(lastSeq));
+  conn.writeFrame({ type: FrameType.RESUME, sessionId, nonce, lastSeq, clientNonce, mac: proof });
   const r = await expect(conn, clock, timeoutMs, [FrameType.RESUMED]);
   if (!(await verifyMac(key, r.mac, Labels.resumed, clientNonce, sessionId, u64Bytes(r.lastSeq)))) {
     throw new RoamError('HANDSHAKE_FAILED', 'server could not prove it holds the session key');
@@ -104,14 +117,43 @@ export type Opening =
   | { kind: 'hello'; hello: HelloFrame }
   | { kind: 'resume'; resume: ResumeFrame; challenge: Uint8Array; challengedAt: number };
 
+/**
+ * A challenge some trusted party issued on the server's behalf: a gateway sent CHALLENGE(nonce)
+ * to the client itself, before it knew which host to route to. The issuer guarantees the nonce
+ * is fresh and is handed to one server once.
+ */
+export interface IssuedChallenge {
+  nonce: Uint8Array;
+  /** When the server learned of it, on its own clock; the challenge TTL runs from here. */
+  issuedAt: number;
+}
+
 /** Server: sends a fresh CHALLENGE and waits for HELLO or RESUME. */
 export async function serverOpen(conn: FramedConnection, clock: Clock, timeoutMs: number): Promise<Opening> {
   const nonce = newNonce();
-  const challengedAt = clock.now();
+  const issuedAt = clock.now();
   conn.writeFrame({ type: FrameType.CHALLENGE, nonce });
+  return serverOpenIssued(conn, clock, timeoutMs, { nonce, issuedAt });
+}
+
+/**
+ * Server: like {@link serverOpen}, for a transport whose CHALLENGE was already sent by someone
+ * else (a gateway): sends nothing, waits for HELLO or a RESUME answering `issued.nonce`.
+ */
+export async function serverOpenIssued(
+  conn: FramedConnection,
+  clock: Clock,
+  timeoutMs: number,
+  issued: IssuedChallenge,
+): Promise<Opening> {
+  if (issued.nonce.length !== NONCE_BYTES) {
+    throw new RoamError('INVALID_ARGUMENT', `a pre-issued challenge must be ${NONCE_BYTES} bytes`);
+  }
   const f = await conn.nextFrame(timeoutMs, clock);
   if (f.type === FrameType.HELLO) return { kind: 'hello', hello: f };
-  if (f.type === FrameType.RESUME) return { kind: 'resume', resume: f, challenge: nonce, challengedAt };
+  if (f.type === FrameType.RESUME) {
+    return { kind: 'resume', resume: f, challenge: issued.nonce, challengedAt: issued.issuedAt };
+  }
   throw new ProtocolError('UNEXPECTED_FRAME', `expected HELLO or RESUME, got frame type ${f.type}`);
 }
 
