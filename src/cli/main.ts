@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { builtinServices, createLogger, SessionServer } from '../host/index.js';
+import type { MigrationFault } from '../host/migration.js';
 import { RoamError } from '../wire/index.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -110,6 +111,9 @@ export function buildProgram(): Command {
             peerListen: opts.peer,
             ...(opts.advertisePeer ? { advertisePeerUrl: opts.advertisePeer } : {}),
             capacity: Number(opts.capacity),
+            ...(process.env.ROAM_TEST_FAULT
+              ? { migration: { fault: process.env.ROAM_TEST_FAULT as MigrationFault } }
+              : {}),
           }
         : undefined;
       const host = await Host.start({
@@ -169,6 +173,72 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('directory')
+    .description('run the directory: the cluster control plane (host table, migrations, events, operator API)')
+    .requiredOption('--store <path>', 'SQLite file for the host table and migration history (created if missing)')
+    .option('--listen <host:port>', 'address of the HTTP API (members and operators)', '127.0.0.1:7070')
+    .option('--secret <hex>', 'cluster secret (default: env ROAM_CLUSTER_SECRET; generated when neither is set)')
+    .option('--token <token>', 'require this bearer token on /api/* (without one the API is open: keep it on loopback)')
+    .option('--heartbeat-ms <ms>', 'heartbeat period hosts are told; suspect after 3, purge after 10 periods', '1000')
+    .option('--json', 'print the URL (and a generated secret) as one JSON line')
+    .addHelpText(
+      'after',
+      '\nExample:\n  $ export ROAM_CLUSTER_SECRET=$(openssl rand -hex 32)\n' +
+        '  $ roam directory --store directory.db --listen 0.0.0.0:7070 --token "$OPERATOR_TOKEN"\n' +
+        '  roam directory 0.1.0\n    url     http://0.0.0.0:7070\n\n' +
+        'Hosts join with the same secret: roam host --directory http://<this machine>:7070 …\n' +
+        'The API is described in docs/directory.md.\n',
+    )
+    .action(async (opts: DirectoryCliOptions) => {
+      const { Directory } = await import('../directory/index.js');
+      const { newClusterSecret, parseClusterSecret } = await import('../transport/cluster.js');
+      const { openSqliteStore } = await import('../store/index.js');
+      const heartbeatMs = Number(opts.heartbeatMs);
+      if (!Number.isInteger(heartbeatMs) || heartbeatMs <= 0) {
+        throw new InvalidArgumentError('--heartbeat-ms wants a positive integer');
+      }
+      const given = opts.secret ?? process.env.ROAM_CLUSTER_SECRET;
+      const generated = given ? undefined : newClusterSecret();
+      const secret = parseClusterSecret(given ?? (generated as string));
+      const store = await openSqliteStore({ path: opts.store });
+      const directory = await Directory.start({
+        store,
+        secret,
+        listen: opts.listen,
+        heartbeatMs,
+        ...(opts.token ? { token: opts.token } : {}),
+        logger: createLogger('roam-directory', process.env.ROAM_LOG_LEVEL ?? 'info'),
+      }).catch(async (err: unknown) => {
+        await store.close();
+        throw err;
+      });
+      if (generated) {
+        process.stderr.write(
+          'roam directory: warning: no --secret or ROAM_CLUSTER_SECRET given; generated a cluster secret.\n' +
+            `  Hosts need it to join: ROAM_CLUSTER_SECRET=${generated}\n`,
+        );
+      }
+      if (!opts.token && !/^(127\.|localhost:|\[::1\]:)/.test(opts.listen)) {
+        process.stderr.write(`roam directory: warning: /api on ${opts.listen} is open to anyone; set --token\n`);
+      }
+      if (opts.json) {
+        process.stdout.write(
+          `${JSON.stringify({ url: directory.url, ...(generated ? { secret: generated } : {}) })}\n`,
+        );
+      } else {
+        process.stdout.write(
+          `roam directory ${pkg.version}\n  url     ${directory.url}\n` +
+            (generated ? `  secret  ${generated}\n` : '') +
+            'Ctrl-C to stop.\n',
+        );
+      }
+      await waitForSignal();
+      await directory.close();
+      await store.close();
+      if (!opts.json) process.stdout.write('roam directory stopped.\n');
+    });
+
+  program
     .command('gateway')
     .description("run a gateway: one stable client endpoint, spliced to each session's host and re-spliced on moves")
     .option('--listen <url...>', 'client endpoints (ws://, tcp://)', ['ws://127.0.0.1:7080'])
@@ -223,6 +293,15 @@ interface HostCliOptions {
   capacity: string;
   drainDeadlineMs: string;
   storeSync?: string;
+}
+
+interface DirectoryCliOptions {
+  store: string;
+  listen: string;
+  secret?: string;
+  token?: string;
+  heartbeatMs: string;
+  json?: boolean;
 }
 
 function waitForSignal(): Promise<void> {

@@ -406,7 +406,7 @@ export class Host extends Emitter<HostEvents> {
       return this.migrate(b.instance, { to: b.to as string | undefined, reason: 'operator' });
     });
     peer.route('POST', '/peer/drain', async (body) => {
-      const b = (body ?? {}) as { deadlineMs?: unknown; concurrency?: unknown };
+      const b = (body ?? {}) as { deadlineMs?: unknown; concurrency?: unknown; batchSize?: unknown };
       const num = (v: unknown, name: string) => {
         if (v === undefined) return undefined;
         if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
@@ -417,6 +417,7 @@ export class Host extends Emitter<HostEvents> {
       return this.startDrain({
         deadlineMs: num(b.deadlineMs, 'deadlineMs'),
         concurrency: num(b.concurrency, 'concurrency'),
+        batchSize: num(b.batchSize, 'batchSize'),
       });
     });
     peer.route('GET', '/peer/drain', async () => ({ drain: this.drainState ? drainStatus(this.drainState) : null }));
@@ -628,8 +629,13 @@ export class Host extends Emitter<HostEvents> {
   async shutdown(opts: DrainOptions = {}): Promise<DrainStatus | undefined> {
     let status: DrainStatus | undefined;
     if (this.member && this.migrations) {
-      this.startDrain({ reason: 'shutdown', ...opts });
+      const started = Date.now();
+      const deadlineMs = opts.deadlineMs ?? 30_000;
+      this.startDrain({ reason: 'shutdown', ...opts, deadlineMs });
       status = await this.drained();
+      // Moved clients follow their MOVE; wait until each resumed at its destination, so none is
+      // left reconnecting to this process once it is gone.
+      await this.migrations.whenStubsGone(Math.max(1000, deadlineMs - (Date.now() - started)));
     }
     const left = this.instances.size;
     await this.close();

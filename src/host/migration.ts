@@ -53,7 +53,15 @@ export interface MigrationOptions {
   stepTimeoutMs?: number;
   /** How long a source keeps a moved session to redirect a late client. Default 60 s. */
   movedTtlMs?: number;
+  /**
+   * Crash tests only: the process kills itself (SIGKILL) at this point of a migration, so tests can
+   * check what the other end and the Store make of it. `roam host` reads it from ROAM_TEST_FAULT.
+   */
+  fault?: MigrationFault;
 }
+
+/** Where a crash test kills a host in the middle of a migration. */
+export type MigrationFault = 'destination-on-round' | 'destination-on-final' | 'source-after-commit';
 
 /** Per-hook delays of the auto-converge steps (ms). */
 const THROTTLE_STEPS = [0, 1, 2, 4, 8, 16, 32];
@@ -230,6 +238,8 @@ export class Migrations {
   /** Moved sessions kept as stubs to redirect late clients: sid → expiry timer. */
   private readonly stubs = new Map<string, { session: ServerSession; timer: NodeJS.Timeout }>();
   private readonly links = new Set<WebSocket>();
+  private readonly fault: MigrationFault | undefined;
+  private readonly stubWaiters: Array<() => void> = [];
 
   constructor(
     private readonly host: MigrationHost,
@@ -239,6 +249,13 @@ export class Migrations {
     this.maxRounds = opts.maxRounds ?? 30;
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 15_000;
     this.movedTtlMs = opts.movedTtlMs ?? 60_000;
+    this.fault = opts.fault;
+  }
+
+  private crashAt(point: MigrationFault): void {
+    if (this.fault !== point) return;
+    this.host.log.warn({ fault: point }, 'fault injection: killing this process');
+    process.kill(process.pid, 'SIGKILL');
   }
 
   get stubCount(): number {
@@ -400,6 +417,7 @@ export class Migrations {
       rec.phases.freezeMs = tCommit - tPre;
       rec.phases.commitMs = tCommit - tFinal;
       rec.epoch = verdict.epochs[0];
+      this.crashAt('source-after-commit');
       await this.afterCommit(insts, worker, dest, transfers, link, rec);
       return rec;
     } catch (err) {
@@ -537,6 +555,22 @@ export class Migrations {
     clearTimeout(stub.timer);
     this.stubs.delete(sid);
     this.host.forgetStub(sid);
+    if (this.stubs.size === 0) for (const w of this.stubWaiters.splice(0)) w();
+  }
+
+  /**
+   * Resolves when every moved client has resumed at its destination (no stub left), or after
+   * `timeoutMs`: a draining host waits for this so no client is left pointing at a dead process.
+   */
+  whenStubsGone(timeoutMs: number): Promise<boolean> {
+    if (this.stubs.size === 0) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.stubWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
   }
 
   /** Forgets every stub (the host is closing: stubs must not send CLOSE to clients that moved). */
@@ -578,10 +612,12 @@ export class Migrations {
         if (m.t === 'abort') {
           throw new RoamError('MIGRATION_ABORTED', m.reason);
         } else if (m.t === 'round') {
+          this.crashAt('destination-on-round');
           staged = true;
           for (const d of m.deltas) await worker.request({ op: 'stage', delta: d });
           link.send({ t: 'ack', n: m.n });
         } else if (m.t === 'final') {
+          this.crashAt('destination-on-final');
           staged = true;
           await this.install(link, offer.service.name, worker, m);
           return;
