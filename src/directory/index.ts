@@ -1,0 +1,17 @@
+export {
+  Directory,
+  type DirectoryEventMap,
+  DirectoryEvents,
+  type DirectoryLogger,
+  type DirectoryOptions,
+  type InstanceInfo,
+  type SessionInfo,
+} from './directory.js';
+export {
+  DEFAULT_MAX_EVENT_BYTES,
+  type DirectoryStreamEvent,
+  parseSse,
+  type ReadEventsOptions,
+  readEvents,
+  type SseMessage,
+} from './sse.js';
