@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { createInterface } from 'node:readline';
 import { describe, it, type TestContext } from 'node:test';
 import { type Connector, connect, type Session } from '../src/client/node.js';
 import { Gateway, type GatewayHost } from '../src/gateway/index.js';
@@ -12,6 +15,7 @@ import { type HostRecord, RequestVerifier, signRequest } from '../src/transport/
 import { connectTransport } from '../src/transport/index.js';
 import { openPeerLink, PeerServer } from '../src/transport/peer.js';
 import { encodeFrame, type Frame, FrameType, RoamError } from '../src/wire/index.js';
+import { NODE_ARGS, ROAM, roam } from './support/cli.js';
 import { LinkEmulator } from './support/link-emulator.js';
 import { nextEvent } from './support/server.js';
 
@@ -276,6 +280,17 @@ describe('gateway', () => {
     assert.deepEqual({ ...gw.counters }, { clients: 2, splices: 2, resplices: 0, refused: 0 });
     // The host sees the client's address, not the gateway's link.
     assert.equal(holder([a, b], s1.id as string).server.getSession(s1.id as string)?.remoteAddress, '127.0.0.1');
+
+    // Sessions of one keyed instance land on the host that has it, even when it is busier.
+    const k1 = open(urlOf(gw, 'ws'), 'echo', { key: 'room 1' });
+    t.after(() => k1.close());
+    await k1.ready;
+    const room = holder([a, b], k1.id as string);
+    const k2 = open(urlOf(gw, 'tcp'), 'echo', { key: 'room 1' });
+    t.after(() => k2.close());
+    await k2.ready;
+    assert.equal(holder([a, b], k2.id as string), room);
+    assert.equal(room.server.sessionCount, 3);
   });
 
   it('a client whose transport to the gateway is cut resumes through it (RESUME routed by the cache)', async (t) => {
@@ -327,13 +342,23 @@ describe('gateway', () => {
   });
 
   for (const scheme of ['ws', 'tcp'] as const) {
-    it(`re-splices a live session to another host without the client reconnecting (${scheme})`, async (t) => {
+    it(`re-splices a live session between hosts, three times, without the client reconnecting (${scheme})`, async (t) => {
       const a = await startHost(t, 'a');
       const b = await startHost(t, 'b');
       const gw = await startGateway(t, { hosts: [a.record(), b.record()] });
+      // Latency between client and gateway, so frames are in flight in both directions at each switch.
+      const target = new URL(urlOf(gw, scheme));
+      const emu = await LinkEmulator.start({
+        target: { host: target.hostname, port: Number(target.port) },
+        delayMs: 3,
+        jitterMs: 2,
+      });
+      t.after(() => emu.close());
+      let tcpConnections = 0;
+      emu.onConnection(() => tcpConnections++);
       const connector = countingConnector();
       const bystander = open(urlOf(gw, 'ws'), 'echo');
-      const s = open(urlOf(gw, scheme), 'stream', { connector });
+      const s = open(`${scheme}://127.0.0.1:${emu.port}`, 'stream', { connector });
       t.after(() => {
         bystander.close();
         s.close();
@@ -343,31 +368,36 @@ describe('gateway', () => {
       const id = s.id as string;
       const events: SessionEvent['type'][] = [];
       s.on('event', (e) => events.push(e.type));
-      const N = 3000;
+      const N = 4000;
       const echoes = collector(s, N);
       const sending = pump(s, N);
 
-      await echoes.at(N / 3);
-      const from = holder([a, b], id);
-      const to = from === a ? b : a;
-      const resumed = nextEvent(s, 'resumed');
-      await moveByHand(from, to, id, to.ws);
-      await resumed;
+      const path: string[] = [];
+      for (const at of [N / 4, N / 2, (3 * N) / 4]) {
+        await echoes.at(at);
+        const from = holder([a, b], id);
+        const to = from === a ? b : a;
+        path.push(`${from.id}>${to.id}`);
+        const resumed = nextEvent(s, 'resumed');
+        await moveByHand(from, to, id, to.ws);
+        await resumed;
+        assert.equal(to.server.getSession(id)?.state, 'attached', 'the destination serves the session');
+        assert.equal(from.server.getSession(id), undefined);
+      }
       await Promise.all([sending, echoes.done]);
+      t.diagnostic(`moves ${path.join(' ')}`);
 
       assert.equal(echoes.bad(), undefined);
       assert.deepEqual(echoes.got, seq(N), 'client: every echo exactly once, in order');
       const st = states.get(id);
       assert.equal(st?.bad, undefined);
-      assert.deepEqual(st?.got, seq(N), 'hosts: every message exactly once, in order, across the move');
+      assert.deepEqual(st?.got, seq(N), 'hosts: every message exactly once, in order, across the moves');
       assert.equal(connector.opened, 1, 'the client opened one transport, ever');
+      assert.equal(tcpConnections, 1, 'one TCP connection between client and gateway, ever');
       assert.equal(gw.counters.clients, 2, 'the gateway accepted no second transport (client + bystander)');
-      assert.equal(gw.counters.resplices, 1);
-      assert.deepEqual(events, ['resumed'], 'the app saw one resumed event and no suspension');
-      assert.equal(to.server.getSession(id)?.state, 'attached', 'the destination now serves the session');
-      assert.equal(from.server.getSession(id), undefined);
+      assert.equal(gw.counters.resplices, 3);
+      assert.deepEqual(events, ['resumed', 'resumed', 'resumed'], 'the app saw resumed events and no suspension');
       await echo(bystander, 'bystander untouched');
-      assert.equal(s.url, urlOf(gw, scheme), 'the client still points at the gateway');
     });
   }
 
@@ -511,5 +541,42 @@ describe('gateway', () => {
     await echo(s, '3');
     assert.deepEqual(states.get(id)?.got, [1, 2, 3]);
     assert.ok(b.server.getSession(id));
+  });
+  it('roam gateway runs as a process: help, splices via the directory, stops cleanly on SIGINT', async (t) => {
+    const help = await roam(['gateway', '--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Example:/);
+    const noSecret = await roam(['gateway', '--directory', 'http://127.0.0.1:1', '--secret', '']);
+    assert.notEqual(noSecret.code, 0);
+
+    const a = await startHost(t, 'a');
+    const dir = await fakeDirectory(
+      t,
+      () => [hostRecord(a)],
+      () => new Map(),
+    );
+    const p = spawn(
+      process.execPath,
+      [...NODE_ARGS, ROAM, 'gateway', '--directory', dir.url, '--listen', 'tcp://127.0.0.1:0', '--json'],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: { ...process.env, ROAM_CLUSTER_SECRET: Buffer.from(SECRET).toString('hex'), ROAM_LOG_LEVEL: 'warn' },
+      },
+    );
+    t.after(() => p.kill('SIGKILL'));
+    const [line] = (await once(createInterface({ input: p.stdout }), 'line')) as [string];
+    const { listen } = JSON.parse(line) as { listen: string[] };
+    const s = open(listen[0] as string, 'echo');
+    t.after(() => s.close());
+    await s.ready;
+    await echo(s, 'through a gateway process');
+    assert.ok(a.server.getSession(s.id as string));
+
+    const suspended = nextEvent(s, 'suspended');
+    p.kill('SIGINT');
+    const [code] = await once(p, 'close');
+    assert.equal(code, 0);
+    await suspended;
+    assert.equal(s.state, 'suspended', 'a gateway going away does not close sessions');
   });
 });

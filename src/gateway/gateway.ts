@@ -278,7 +278,9 @@ class ClientSplice {
       if (this.ended) return;
       host = await this.route(first, nonce);
     } catch (err) {
-      this.refuse(err);
+      // A client that left before saying anything was not refused; it just left.
+      if (!client.isOpen && !(err instanceof ProtocolError)) this.end('client left before its first frame');
+      else this.refuse(err);
       return;
     }
     if (this.ended || !client.isOpen) {
