@@ -29,6 +29,7 @@ import { createLogger, type Logger } from './logger.js';
 import { Migrations } from './migration.js';
 import { ServerSession, SessionServer, type SessionServerOptions } from './server.js';
 import { ServiceWorker } from './service-worker.js';
+import { SPLICE_PATH, spliceLink } from './splice.js';
 
 /** A service module to load: its default export is a `defineService(...)` definition. */
 export interface ServiceModule {
@@ -226,7 +227,8 @@ export class Host extends Emitter<HostEvents> {
                 ? 'host is draining'
                 : undefined,
           detachMigrated: (inst) => this.detachMigrated(inst),
-          attachMigrated: (inst, service, key, sessions) => this.attachMigrated(inst, service, key, sessions),
+          attachMigrated: (inst, service, key, sessions, epoch) =>
+            this.attachMigrated(inst, service, key, sessions, epoch),
           membersOf: (inst) => [...(this.instances.get(inst)?.members ?? [])],
           forgetStub: (sid) => this.server.forget(sid),
           emit(ev) {
@@ -384,6 +386,8 @@ export class Host extends Emitter<HostEvents> {
 
   private routes(peer: PeerServer, migrations: Migrations): void {
     peer.link('/peer/migrate', (ws) => migrations.accept(ws));
+    // Gateways splice clients here (pre-issued challenge, see src/host/splice.ts).
+    peer.link(SPLICE_PATH, spliceLink(this.server, { clock: this.clock }));
     for (const [path, handler] of this.peerLinks) peer.link(path, handler);
     peer.route('GET', '/peer/info', async () => ({
       host: this.id,
@@ -663,8 +667,13 @@ export class Host extends Emitter<HostEvents> {
       for await (const ev of this.store.watch(ClusterKeys.locationPrefix, { signal: this.fenceWatch.signal })) {
         if (ev.type !== 'put') continue;
         const loc = decodeJson<LocationRecord>(ev.value);
-        this.epochs.set(loc.instance, loc.epoch);
-        if (loc.host !== this.id && this.instances.has(loc.instance) && !this.migrations?.outgoing.has(loc.instance)) {
+        // Events arrive late (watchers poll): one about an older epoch than the one this host
+        // holds the instance at says nothing about the present.
+        const mine = this.epochs.get(loc.instance) ?? 0;
+        if (loc.epoch <= mine) continue;
+        if (loc.host === this.id) {
+          this.epochs.set(loc.instance, loc.epoch);
+        } else if (this.instances.has(loc.instance) && !this.migrations?.outgoing.has(loc.instance)) {
           this.fence(loc.instance, loc.host);
         }
       }
@@ -689,7 +698,14 @@ export class Host extends Emitter<HostEvents> {
   }
 
   /** A migrated-in instance committed here: its sessions are adopted (detached until their clients resume). */
-  private attachMigrated(inst: string, service: string, key: string | undefined, sessions: ServerSession[]): void {
+  private attachMigrated(
+    inst: string,
+    service: string,
+    key: string | undefined,
+    sessions: ServerSession[],
+    epoch: number,
+  ): void {
+    this.epochs.set(inst, epoch);
     const ie = this.instanceEntry(inst, service, key);
     for (const session of sessions) {
       const entry: SessionEntry = { session, service, inst, key, dependsOn: new Set(), restoring: true };

@@ -84,7 +84,13 @@ export interface MigrationHost {
   /** The migrated instance left: drop it from the host's tables; its sessions stay as stubs. */
   detachMigrated(inst: string): void;
   /** A migrated instance arrived and committed: register it and its sessions. */
-  attachMigrated(inst: string, service: string, key: string | undefined, sessions: ServerSession[]): void;
+  attachMigrated(
+    inst: string,
+    service: string,
+    key: string | undefined,
+    sessions: ServerSession[],
+    epoch: number,
+  ): void;
   /** Session ids of an instance, as the host tracks them. */
   membersOf(inst: string): string[];
   /** A moved session's stub is no longer needed: drop it from the session server. */
@@ -692,7 +698,10 @@ export class Migrations {
           value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs[i] as number }),
         })),
       );
-      for (const f of m.frozen) h.attachMigrated(f.inst, service, f.key, sessions.get(f.inst) ?? []);
+      m.frozen.forEach((f, i) => {
+        const epoch = epochs[m.claims.findIndex((c) => c.inst === f.inst)] ?? epochs[i] ?? 0;
+        h.attachMigrated(f.inst, service, f.key, sessions.get(f.inst) ?? [], epoch);
+      });
       // Not awaited: the worker handles messages in order, so activation precedes anything a
       // resumed client sends, and the verdict reaches the source one worker round trip sooner.
       for (const f of m.frozen) {
