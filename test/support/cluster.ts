@@ -42,6 +42,8 @@ export interface Cluster {
   /** Calls the directory's API (signed with the cluster secret). */
   api<T>(path: string, body?: unknown, timeoutMs?: number): Promise<T>;
   addHost(spec?: HostSpec): Promise<ClusterHost>;
+  /** Starts `roam gateway` against the directory; resolves with its client URLs. */
+  startGateway(listen?: string[]): Promise<RoamProcess & { urls: string[] }>;
   /** Kills the directory and starts a new one on the same Store and port. */
   restartDirectory(): Promise<void>;
   close(): Promise<void>;
@@ -146,6 +148,15 @@ export async function startCluster(opts: { hosts?: number | HostSpec[]; heartbea
       });
       cluster.hosts.push(h);
       return h;
+    },
+    async startGateway(listen = ['ws://127.0.0.1:0']) {
+      const p = track(
+        await startRoam(
+          ['gateway', ...listen.flatMap((l) => ['--listen', l]), '--directory', cluster.directory.url, '--json'],
+          env,
+        ),
+      );
+      return Object.assign(p, { urls: p.info.listen as string[] });
     },
     async restartDirectory() {
       const port = new URL(cluster.directory.url).port;
