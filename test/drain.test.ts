@@ -116,7 +116,7 @@ describe('drain', { timeout: 240_000 }, () => {
     assert.equal(code, 0);
     // Before the process exited, every client had resumed on another host.
     for (const x of clients) {
-      assert.equal(x.session.state, 'attached', `session ${x.session.id} is ${x.session.state}`);
+      assert.equal(x.session.state, 'open', `session ${x.session.id} is ${x.session.state}`);
       assert.notEqual(x.session.url, a.clientUrl);
     }
     const marks = clients.map((x) => x.received);

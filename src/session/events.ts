@@ -7,6 +7,8 @@ export type LostReason =
   | 'replay_window_exceeded'
   | 'auth_failed'
   | 'reconnect_exhausted'
+  /** The host that served the session lost ownership of its instance (split brain settled against it). */
+  | 'fenced'
   | 'protocol_error';
 
 /**
@@ -35,6 +37,7 @@ const LOST_REASONS: Partial<Record<CodeName, LostReason>> = {
   HANDSHAKE_FAILED: 'auth_failed',
   UNKNOWN_SERVICE: 'unknown_session',
   RECONNECT_EXHAUSTED: 'reconnect_exhausted',
+  FENCED: 'fenced',
 };
 
 export function lostReasonFor(code: CodeName): LostReason {
@@ -47,4 +50,5 @@ export const SESSION_FATAL_CODES: ReadonlySet<CodeName> = new Set<CodeName>([
   'UNKNOWN_SESSION',
   'REPLAY_WINDOW_EXCEEDED',
   'UNKNOWN_SERVICE',
+  'FENCED',
 ]);

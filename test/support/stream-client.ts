@@ -85,6 +85,11 @@ export function streamClient(session: Session): StreamClient {
       return gap;
     },
     sendNext() {
+      // A session that ended (lost, closed) takes no more; the test asserts on why it ended.
+      if (session.state === 'lost' || session.state === 'closed') {
+        c.stopSending();
+        return;
+      }
       sent++;
       session.send(String(sent));
     },
