@@ -790,10 +790,19 @@ export class Directory {
     const to = o.to === undefined || o.to === null ? undefined : check.hostId(o.to, 'to');
     if (to !== undefined && !this.table.has(to)) throw new RoamError('NOT_FOUND', `no host ${to}`);
     const labels = o.labels === undefined ? undefined : check.labels(o.labels, 'labels');
+    if (o.precopy !== undefined && typeof o.precopy !== 'boolean') {
+      throw new RoamError('INVALID_ARGUMENT', 'precopy must be a boolean');
+    }
+    const precopy = o.precopy as boolean | undefined;
     const owner = await this.findOwner(instance);
     return clusterFetch<MigrationRecord>(owner.peerUrl, '/peer/migrate', {
       secret: this.opts.secret,
-      body: { instance, ...(to === undefined ? {} : { to }), ...(labels === undefined ? {} : { labels }) },
+      body: {
+        instance,
+        ...(to === undefined ? {} : { to }),
+        ...(labels === undefined ? {} : { labels }),
+        ...(precopy === undefined ? {} : { precopy }),
+      },
       timeoutMs: this.t.migrateTimeoutMs,
     });
   }
@@ -801,7 +810,9 @@ export class Directory {
   private async drain(body: unknown): Promise<unknown> {
     const o = check.object(body, 'body');
     const host = check.hostId(o.host, 'host');
-    const req: { deadlineMs?: number; concurrency?: number } = {};
+    const req: { deadlineMs?: number; concurrency?: number; batchSize?: number } = {};
+    if (o.batchSize !== undefined)
+      req.batchSize = check.number(o.batchSize, 'batchSize', { int: true, min: 1, max: 10_000 });
     if (o.deadlineMs !== undefined) req.deadlineMs = check.number(o.deadlineMs, 'deadlineMs', { int: true, min: 1 });
     if (o.concurrency !== undefined) {
       req.concurrency = check.number(o.concurrency, 'concurrency', { int: true, min: 1, max: 1000 });

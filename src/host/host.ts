@@ -402,12 +402,25 @@ export class Host extends Emitter<HostEvents> {
       return { sessions: id ? all.filter((s) => s.session === id) : all };
     });
     peer.route('POST', '/peer/migrate', async (body) => {
-      const b = (body ?? {}) as { instance?: unknown; to?: unknown; labels?: unknown };
-      if (typeof b.instance !== 'string')
+      const b = (body ?? {}) as { instance?: unknown; to?: unknown; labels?: unknown; precopy?: unknown };
+      if (typeof b.instance !== 'string') {
         throw new RoamError('INVALID_ARGUMENT', 'POST /peer/migrate needs {"instance": id}');
+      }
       if (b.to !== undefined && typeof b.to !== 'string')
         throw new RoamError('INVALID_ARGUMENT', '"to" must be a host id');
-      return this.migrate(b.instance, { to: b.to as string | undefined, reason: 'operator' });
+      if (b.precopy !== undefined && typeof b.precopy !== 'boolean') {
+        throw new RoamError('INVALID_ARGUMENT', '"precopy" must be a boolean');
+      }
+      const labels =
+        b.labels && typeof b.labels === 'object' && !Array.isArray(b.labels)
+          ? (b.labels as Record<string, string>)
+          : undefined;
+      return this.migrate(b.instance, {
+        ...(typeof b.to === 'string' ? { to: b.to } : {}),
+        ...(labels ? { labels } : {}),
+        ...(b.precopy === false ? { precopy: false } : {}),
+        reason: 'operator',
+      });
     });
     peer.route('POST', '/peer/drain', async (body) => {
       const b = (body ?? {}) as { deadlineMs?: unknown; concurrency?: unknown; batchSize?: unknown };
@@ -476,14 +489,14 @@ export class Host extends Emitter<HostEvents> {
    */
   async migrate(
     inst: string,
-    opts: { to?: string; labels?: Record<string, string>; reason?: MigrationReason } = {},
+    opts: { to?: string; labels?: Record<string, string>; reason?: MigrationReason; precopy?: boolean } = {},
   ): Promise<MigrationRecord> {
     const { member, migrations } = this.clustered();
     const ie = this.instances.get(inst);
     if (!ie) throw new RoamError('NOT_FOUND', `no instance ${inst} on host ${this.id}`);
     const { meta } = this.worker(ie.service);
     const dest = await member.pickDestination(meta, { host: opts.to, labels: opts.labels });
-    return migrations.migrateOut([inst], dest, opts.reason ?? 'operator');
+    return migrations.migrateOut([inst], dest, opts.reason ?? 'operator', { precopy: opts.precopy ?? true });
   }
 
   private clustered(): { member: ClusterMember; migrations: Migrations } {

@@ -274,7 +274,12 @@ export class Migrations {
    * `cause`-free form on the error's `record`) when it was refused or aborted — the instances
    * then still run here.
    */
-  async migrateOut(insts: string[], dest: HostRecord, reason: MigrationReason): Promise<MigrationRecord> {
+  async migrateOut(
+    insts: string[],
+    dest: HostRecord,
+    reason: MigrationReason,
+    opts: { precopy?: boolean } = {},
+  ): Promise<MigrationRecord> {
     const h = this.host;
     const first = h.instance(insts[0] ?? '');
     if (!first) throw new RoamError('NOT_FOUND', `no instance ${insts[0]} on this host`);
@@ -349,7 +354,10 @@ export class Migrations {
       // Pre-copy.
       const marks = new Map<string, PrecopyMark | undefined>();
       let previous = Number.POSITIVE_INFINITY;
-      for (let n = 0; n < this.maxRounds; n++) {
+      // Without pre-copy (the baseline the benchmark compares against), everything goes in the
+      // stop-and-copy.
+      const maxRounds = opts.precopy === false ? 0 : this.maxRounds;
+      for (let n = 0; n < maxRounds; n++) {
         const tr = performance.now();
         const deltas = await Promise.all(
           insts.map((inst) => worker.request<InstanceDelta>({ op: 'precopy', inst, since: marks.get(inst) })),
@@ -412,6 +420,8 @@ export class Migrations {
         }
       }
       rec.sessions = transfers.length;
+      // Without pre-copy the stop-and-copy carried the whole state.
+      if (rec.rounds.length === 0) rec.stateBytes = rec.finalDirtyBytes;
       const claims = locs.map((l) => ({ inst: l.inst, revision: l.revision, epoch: l.record?.epoch ?? 0 }));
       link.send({ t: 'final', frozenAt, frozen, sessions: transfers, claims });
       finalSent = true;
