@@ -30,6 +30,8 @@ interface SuiteModule {
 const SUITES: Record<string, () => Promise<SuiteModule>> = {
   session: () => import('./session.js'),
   suspend: () => import('./suspend.js'),
+  migration: () => import('./migration.js'),
+  drain: () => import('./drain.js'),
 };
 
 function usage(): string {

@@ -75,6 +75,7 @@ export function buildProgram(): Command {
     .option('--peer <host:port>', 'peer endpoint for migrations and the directory', '127.0.0.1:0')
     .option('--advertise-peer <url>', 'peer URL other members should use (NAT, proxies)')
     .option('--capacity <n>', 'sessions this host accepts at most (placement)', '100000')
+    .option('--heartbeat-ms <ms>', 'session heartbeat interval clients adopt (default 1000)')
     .option('--store-sync <mode>', 'SQLite sync: full (fsync each commit) or normal (default in a cluster)')
     .option('--drain-deadline-ms <ms>', 'on SIGTERM/SIGINT, move instances away for at most this long', '30000')
     .addHelpText(
@@ -123,6 +124,7 @@ export function buildProgram(): Command {
         graceMs: Number(opts.graceMs),
         logger: createLogger('roam-host', process.env.ROAM_LOG_LEVEL ?? 'info'),
         ...(cluster ? { cluster } : {}),
+        ...(opts.heartbeatMs ? { server: { engine: { heartbeatMs: Number(opts.heartbeatMs) } } } : {}),
       });
       const urls: string[] = [];
       for (const u of opts.listen) urls.push((await host.listen(u)).url);
@@ -293,6 +295,7 @@ interface HostCliOptions {
   capacity: string;
   drainDeadlineMs: string;
   storeSync?: string;
+  heartbeatMs?: string;
 }
 
 interface DirectoryCliOptions {

@@ -1,0 +1,221 @@
+/**
+ * `migration` suite: what a client sees while its instance moves between hosts.
+ *
+ * A directory and two hosts run as `roam` processes on one SQLite Store (test/support/cluster.ts),
+ * plus a gateway for gateway mode. This process holds the client. For each state size (4 KiB,
+ * 1 MiB, 16 MiB of instance state in 1 KiB values) and each mode (direct: the client follows MOVE;
+ * gateway: the gateway re-splices), the `stream` service ticks at 1 kHz and rewrites one random
+ * 1 KiB value on every tick, so the state is being dirtied while it moves. The instance migrates
+ * back and forth `migrations` times with pre-copy, and as many times without it (stop-and-copy of
+ * everything: the baseline, in the same run, alternating with the pre-copy moves).
+ *
+ * gap = the longest interval between two consecutive counter messages the client received from
+ * just before the move was requested until 100 indices after it committed. lost / duplicated
+ * count indices missing or repeated on the client over the whole case.
+ */
+import { connect } from '../src/client/node.js';
+import type { MigrationRecord } from '../src/transport/cluster.js';
+import { type Cluster, startCluster } from '../test/support/cluster.js';
+import { SERVICES } from '../test/support/host.js';
+import type { SuiteOptions } from './run.js';
+
+export interface MigrationCase {
+  state_bytes: number;
+  rate_hz: number;
+  mode: 'direct' | 'gateway';
+  migrations: number;
+  gap_ms_p50: number;
+  gap_ms_p99: number;
+  freeze_ms_p50: number;
+  freeze_ms_p99: number;
+  total_ms_p50: number;
+  rounds_p50: number;
+  final_dirty_bytes_p50: number;
+  bytes_sent_over_state: number;
+  lost: number;
+  duplicated: number;
+  baseline_gap_ms_p50: number;
+  baseline_gap_ms_p99: number;
+  baseline_freeze_ms_p50: number;
+  /** Gap between consecutive indices while nothing moves (the 1 kHz timer's own jitter). */
+  idle_gap_ms_p99: number;
+}
+
+export interface MigrationResult {
+  suite: 'migration';
+  at: string;
+  quick: boolean;
+  machine: { cpus: number; node: string };
+  cases: MigrationCase[];
+}
+
+const dec = new TextDecoder();
+
+function pct(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i] as number;
+}
+const median = (xs: number[]) =>
+  pct(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
+const p99 = (xs: number[]) =>
+  pct(
+    [...xs].sort((a, b) => a - b),
+    99,
+  );
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+/** Indices as they arrive: times, losses and duplicates. */
+class Receiver {
+  last = 0;
+  lost = 0;
+  duplicated = 0;
+  readonly at: number[] = [];
+  private waiters: Array<{ n: number; resolve: () => void }> = [];
+  on(v: number): void {
+    const now = performance.now();
+    if (v <= this.last) this.duplicated++;
+    else {
+      if (v > this.last + 1) this.lost += v - this.last - 1;
+      for (let i = this.last + 1; i <= v; i++) this.at[i] = now;
+      this.last = v;
+    }
+    this.waiters = this.waiters.filter((w) => {
+      if (this.last >= w.n) w.resolve();
+      return this.last < w.n;
+    });
+  }
+  until(n: number): Promise<void> {
+    if (this.last >= n) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ n, resolve }));
+  }
+  /** Longest interval between consecutive indices in [from, to]. */
+  gap(from: number, to: number): number {
+    let g = 0;
+    for (let i = Math.max(2, from + 1); i <= to; i++) {
+      const a = this.at[i - 1];
+      const b = this.at[i];
+      if (a !== undefined && b !== undefined) g = Math.max(g, b - a);
+    }
+    return g;
+  }
+}
+
+async function runCase(
+  cluster: Cluster,
+  gatewayUrl: string,
+  stateBytes: number,
+  mode: 'direct' | 'gateway',
+  migrations: number,
+): Promise<MigrationCase> {
+  const [a, b] = cluster.hosts as [Cluster['hosts'][0], Cluster['hosts'][0]];
+  const url = mode === 'direct' ? a.clientUrl : gatewayUrl;
+  const s = connect(url, { service: 'stream', reconnect: { initialDelayMs: 2, maxDelayMs: 50 } });
+  const rx = new Receiver();
+  const filled = new Promise<void>((resolve) => {
+    s.on('message', (d, ch) => {
+      if (ch === 0) rx.on(Number(dec.decode(d)));
+      else if (ch === 1 && dec.decode(d).startsWith('filled')) resolve();
+    });
+  });
+  await s.ready;
+  const slots = Math.max(1, Math.round(stateBytes / 1024));
+  s.send(`fill ${slots} 1024`);
+  await filled;
+  s.send('start 1 1024');
+  await rx.until(300);
+  const idle = rx.gap(50, rx.last);
+  const { sessions } = await cluster.api<{ sessions: Array<{ instance: string; host: string }> }>(
+    `/api/sessions?id=${s.id}`,
+  );
+  const instance = sessions[0]?.instance as string;
+  let on = sessions[0]?.host as string;
+  const pre: { gap: number[]; freeze: number[]; total: number[]; rounds: number[]; dirty: number[]; ratio: number[] } =
+    { gap: [], freeze: [], total: [], rounds: [], dirty: [], ratio: [] };
+  const base: { gap: number[]; freeze: number[] } = { gap: [], freeze: [] };
+  for (let i = 0; i < migrations * 2; i++) {
+    const precopy = i % 2 === 0;
+    const to = on === a.id ? b.id : a.id;
+    const from = rx.last;
+    const t0 = performance.now();
+    const rec = await cluster.api<MigrationRecord>('/api/migrate', { instance, to, precopy });
+    const total = performance.now() - t0;
+    on = to;
+    const committedAt = rx.last;
+    await rx.until(committedAt + 100);
+    const gap = rx.gap(from, rx.last);
+    if (precopy) {
+      pre.gap.push(gap);
+      pre.freeze.push(rec.phases.freezeMs);
+      pre.total.push(total);
+      pre.rounds.push(rec.rounds.length);
+      pre.dirty.push(rec.finalDirtyBytes);
+      pre.ratio.push(rec.bytesSent / Math.max(1, rec.stateBytes));
+    } else {
+      base.gap.push(gap);
+      base.freeze.push(rec.phases.freezeMs);
+    }
+    process.stderr.write(
+      `  ${mode} ${stateBytes} B #${i} ${precopy ? 'pre-copy' : 'baseline'}: gap ${gap.toFixed(1)} ms, freeze ${rec.phases.freezeMs.toFixed(1)} ms, rounds ${rec.rounds.length}\n`,
+    );
+  }
+  s.close();
+  return {
+    state_bytes: stateBytes,
+    rate_hz: 1000,
+    mode,
+    migrations,
+    gap_ms_p50: round2(median(pre.gap)),
+    gap_ms_p99: round2(p99(pre.gap)),
+    freeze_ms_p50: round2(median(pre.freeze)),
+    freeze_ms_p99: round2(p99(pre.freeze)),
+    total_ms_p50: round2(median(pre.total)),
+    rounds_p50: median(pre.rounds),
+    final_dirty_bytes_p50: median(pre.dirty),
+    bytes_sent_over_state: round2(median(pre.ratio)),
+    lost: rx.lost,
+    duplicated: rx.duplicated,
+    baseline_gap_ms_p50: round2(median(base.gap)),
+    baseline_gap_ms_p99: round2(p99(base.gap)),
+    baseline_freeze_ms_p50: round2(median(base.freeze)),
+    idle_gap_ms_p99: round2(idle),
+  };
+}
+
+export async function run(opts: SuiteOptions): Promise<MigrationResult> {
+  const services = [`stream=${SERVICES.stream}`];
+  const cluster = await startCluster({ hosts: [{ services }, { services }] });
+  const cases: MigrationCase[] = [];
+  try {
+    const gw = await cluster.startGateway();
+    const sizes = opts.sizes ?? [4096, 1 << 20, 16 << 20];
+    const modes = (opts.sides ?? ['direct', 'gateway']) as Array<'direct' | 'gateway'>;
+    const n = opts.quick ? 5 : 30;
+    for (const size of sizes) {
+      for (const mode of modes) {
+        process.stderr.write(`migration: ${size} B state, ${mode} mode, ${n} + ${n} migrations\n`);
+        cases.push(await runCase(cluster, gw.urls[0] as string, size, mode, n));
+      }
+    }
+  } finally {
+    await cluster.close();
+  }
+  return {
+    suite: 'migration',
+    at: new Date().toISOString(),
+    quick: opts.quick,
+    machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
+    cases,
+  };
+}
+
+export function summarize(r: MigrationResult): string {
+  const rows = r.cases.map(
+    (c) =>
+      `${String(c.state_bytes).padStart(9)} B ${c.mode.padEnd(8)} gap p50 ${c.gap_ms_p50} ms p99 ${c.gap_ms_p99} ms | freeze p50 ${c.freeze_ms_p50} ms | rounds ${c.rounds_p50} | sent/state ${c.bytes_sent_over_state} | baseline gap p50 ${c.baseline_gap_ms_p50} ms | lost ${c.lost} dup ${c.duplicated}`,
+  );
+  return ['migration (1 kHz, one 1 KiB value rewritten per tick):', ...rows].join('\n');
+}
