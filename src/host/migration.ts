@@ -218,6 +218,8 @@ class Link<In, Out> {
 }
 
 const locValue = (r: LocationRecord): Uint8Array => encodeJson(r);
+/** Wall-clock ms with sub-ms precision, comparable across processes on one machine (step logs). */
+const wall = (): number => performance.timeOrigin + performance.now();
 
 /** Reads the location rows of `insts`: revision 0 and epoch 0 for an instance never moved. */
 export async function readLocations(
@@ -393,6 +395,7 @@ export class Migrations {
       // Stop-and-copy.
       progress('freeze');
       frozenAt = Date.now();
+      h.log.debug({ migration: rec.id, step: 'freeze', at: wall() }, 'migration step');
       for (const inst of insts) for (const sid of this.membersOf(inst)) h.session(sid)?.engine.freeze();
       const frozen = await Promise.all(
         insts.map((inst) => worker.request<FrozenInstance>({ op: 'freeze', inst, since: marks.get(inst) })),
@@ -425,11 +428,13 @@ export class Migrations {
       const claims = locs.map((l) => ({ inst: l.inst, revision: l.revision, epoch: l.record?.epoch ?? 0 }));
       link.send({ t: 'final', frozenAt, frozen, sessions: transfers, claims });
       finalSent = true;
+      h.log.debug({ migration: rec.id, step: 'final-sent', at: wall() }, 'migration step');
       const tFinal = performance.now();
       const verdict = await link.next(this.stepTimeoutMs);
       if (verdict.t === 'failed') throw new RoamError(verdict.code, verdict.message);
       if (verdict.t !== 'committed') throw new RoamError('INTERNAL', `unexpected ${verdict.t} instead of commit`);
       const tCommit = performance.now();
+      h.log.debug({ migration: rec.id, step: 'committed', at: wall() }, 'migration step');
       rec.phases.freezeMs = tCommit - tPre;
       rec.phases.commitMs = tCommit - tFinal;
       rec.epoch = verdict.epochs[0];
@@ -519,10 +524,14 @@ export class Migrations {
         if (s) moved.push(s);
       }
       h.detachMigrated(inst);
+    }
+    // Clients first: every millisecond before their MOVE is part of the gap they see.
+    for (const s of moved) this.keepStub(s, url);
+    for (const inst of insts) {
       await worker.request({ op: 'release', inst }).catch(() => {});
       this.outgoing.delete(inst);
     }
-    for (const s of moved) this.keepStub(s, url);
+    h.log.debug({ migration: rec.id, step: 'moves-sent', at: wall() }, 'migration step');
     rec.outcome = 'committed';
     rec.endedAt = Date.now();
     rec.bytesSent = link?.bytesSent ?? 0;
@@ -679,6 +688,7 @@ export class Migrations {
     m: Extract<ToDestination, { t: 'final' }>,
   ): Promise<void> {
     const h = this.host;
+    h.log.debug({ step: 'final-received', at: wall() }, 'migration step');
     let settle!: (ok: boolean) => void;
     const committed = new Promise<boolean>((r) => {
       settle = r;
@@ -700,6 +710,7 @@ export class Migrations {
     }
     try {
       for (const f of m.frozen) await worker.request({ op: 'install', frozen: f });
+      h.log.debug({ step: 'installed', at: wall() }, 'migration step');
       const epochs = m.claims.map((c) => c.epoch + 1);
       await h.store.compareAndSetMany(
         m.claims.map((c, i) => ({
@@ -721,6 +732,7 @@ export class Migrations {
       }
       settle(true);
       link.send({ t: 'committed', epochs });
+      h.log.debug({ step: 'committed-sent', at: wall() }, 'migration step');
     } catch (err) {
       settle(false);
       for (const f of m.frozen) await worker.request({ op: 'unstage', inst: f.inst }).catch(() => {});
