@@ -92,6 +92,33 @@ describe('live migration', { timeout: 180_000 }, () => {
     assert.equal((await instancesOf(cluster, 'stream')).filter((i) => i.instance === instance).length, 1);
   });
 
+  it('a service moves its own instance (ctx.moveTo) to a host with the labels it asks for', async (t) => {
+    const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
+    const s = connect(a.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+    t.after(() => s.close());
+    const c = streamClient(s);
+    await s.ready;
+    s.send('start 2');
+    c.startSending(2);
+    await c.until(10);
+    const moved = new Promise<string>((resolve) =>
+      s.on('event', (ev) => {
+        if (ev.type === 'moved') resolve(ev.url);
+      }),
+    );
+    s.send('moveto label zone=b');
+    assert.equal(await moved, b.clientUrl);
+    const mark = c.received;
+    await c.until(mark + 20);
+    c.stopSending();
+    await c.untilEchoed();
+    assert.deepEqual(c.errors, []);
+    assert.equal((await whereIs(cluster, s.id as string)).host, b.id);
+    const { migrations } = await cluster.api<{ migrations: MigrationRecord[] }>('/api/migrations?limit=10');
+    const { instance } = await whereIs(cluster, s.id as string);
+    assert.equal(migrations.find((m) => m.instances.includes(instance))?.reason, 'self');
+  });
+
   it('a client that changes local address while its session migrates resumes on the destination', async (t) => {
     const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
     const s = connect(a.clientUrl, {

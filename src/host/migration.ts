@@ -234,6 +234,27 @@ export async function readLocations(
   );
 }
 
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+
+/** What is wrong with an offer's shape, if anything (members are trusted, but bugs happen). */
+function offerProblem(o: Extract<ToDestination, { t: 'offer' }>): string | undefined {
+  const svc = o.service as Partial<typeof o.service> | undefined;
+  if (!svc || typeof svc.name !== 'string' || typeof svc.version !== 'string' || !isStrings(svc.compat)) {
+    return 'service must be { name, version, compat[] }';
+  }
+  if (typeof o.requires !== 'object' || o.requires === null) return 'requires must be an object';
+  if (!Array.isArray(o.instances) || o.instances.length === 0 || o.instances.length > 10_000) {
+    return 'instances must be a non-empty array of at most 10,000';
+  }
+  for (const i of o.instances as unknown[]) {
+    const x = i as { inst?: unknown; key?: unknown } | null;
+    if (!x || typeof x.inst !== 'string' || !(x.key === null || typeof x.key === 'string')) {
+      return 'each instance must be { inst, key }';
+    }
+  }
+  return undefined;
+}
+
 export class Migrations {
   private readonly threshold: number;
   private readonly maxRounds: number;
@@ -621,6 +642,12 @@ export class Migrations {
     const h = this.host;
     const offer = await link.next(this.stepTimeoutMs);
     if (offer.t !== 'offer') throw new RoamError('UNEXPECTED_FRAME', `expected offer, got ${offer.t}`);
+    const malformed = offerProblem(offer);
+    if (malformed) {
+      link.send({ t: 'refuse', code: 'INVALID_ARGUMENT', message: `malformed offer: ${malformed}` });
+      link.close();
+      return;
+    }
     const refusal = this.checkOffer(offer);
     if (refusal) {
       link.send({ t: 'refuse', code: refusal.code, message: refusal.message });

@@ -254,4 +254,91 @@ describe('SessionEngine', () => {
       [FrameType.DATA, FrameType.DATA, FrameType.CLOSE],
     );
   });
+
+  describe('freeze (stop-and-copy)', () => {
+    const data = (seq: number): Frame => ({ type: FrameType.DATA, seq, channel: 0, payload: u8(seq) });
+
+    it('holds inbound DATA unacknowledged while frozen; thaw delivers it in order', async () => {
+      const clock = new ManualClock();
+      const e = new SessionEngine({ clock, ackDelayMs: 1 });
+      const got: number[] = [];
+      e.on('message', (p) => got.push(num(p)));
+      const peer = rawPeer(e);
+      peer.send(data(1));
+      await tick();
+      e.freeze();
+      assert.equal(e.frozen, true);
+      peer.send(data(2));
+      peer.send(data(3));
+      peer.send(data(2)); // a retransmitted duplicate while held
+      await tick();
+      clock.advance(50);
+      await tick();
+      assert.deepEqual(got, [1], 'nothing delivered while frozen');
+      assert.equal(e.lastReceivedSeq, 1, 'the snapshot point does not move');
+      const acks = peer.frames.filter((f) => f.type === FrameType.ACK).map((f) => (f as { seq: number }).seq);
+      assert.ok(acks.every((s) => s <= 1), `no ACK beyond the freeze point: ${acks}`);
+      e.thaw();
+      assert.equal(e.frozen, false);
+      assert.deepEqual(got, [1, 2, 3]);
+      assert.equal(e.lastReceivedSeq, 3);
+      clock.advance(5);
+      await tick();
+      const last = peer.frames.filter((f) => f.type === FrameType.ACK).at(-1) as { seq: number } | undefined;
+      assert.equal(last?.seq, 3, 'acknowledged after the thaw');
+    });
+
+    it('a gap while frozen is still a protocol error', async () => {
+      const e = new SessionEngine({ clock: new ManualClock() });
+      const peer = rawPeer(e);
+      const events: SessionEvent[] = [];
+      e.on('event', (ev) => events.push(ev));
+      e.freeze();
+      peer.send(data(1));
+      peer.send(data(3));
+      await tick();
+      await tick();
+      assert.ok(
+        peer.frames.some((f) => f.type === FrameType.ERROR && f.code === 'SEQUENCE_GAP'),
+        'SEQUENCE_GAP sent',
+      );
+    });
+
+    it('a resume while frozen forgets what was held: the peer retransmits from the snapshot point', async () => {
+      const clock = new ManualClock();
+      const e = new SessionEngine({ clock });
+      const got: number[] = [];
+      e.on('message', (p) => got.push(num(p)));
+      const first = rawPeer(e);
+      first.send(data(1));
+      await tick();
+      e.freeze();
+      first.send(data(2));
+      await tick();
+      e.dropTransport();
+      await tick();
+      // The peer resumes; RESUMED told it our last seq is 1, so it sends 2 again.
+      const again = rawPeer(e);
+      again.send(data(2));
+      again.send(data(3));
+      await tick();
+      assert.deepEqual(got, [1]);
+      e.thaw();
+      assert.deepEqual(got, [1, 2, 3], 'each message once');
+    });
+
+    it('held bytes are bounded: past maxReplayBytes the transport is dropped, nothing delivered twice', async () => {
+      const clock = new ManualClock();
+      const e = new SessionEngine({ clock, maxReplayBytes: 1024 });
+      const events: SessionEvent[] = [];
+      e.on('event', (ev) => events.push(ev));
+      const peer = rawPeer(e);
+      e.freeze();
+      for (let i = 1; i <= 4; i++) peer.send({ type: FrameType.DATA, seq: i, channel: 0, payload: new Uint8Array(400) });
+      await tick();
+      assert.equal(e.state, 'detached');
+      assert.ok(events.some((ev) => ev.type === 'suspended' && ev.code === 'OVERLOADED'));
+      assert.equal(e.lastReceivedSeq, 0);
+    });
+  });
 });

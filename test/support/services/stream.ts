@@ -26,6 +26,15 @@ export default defineService({
       ctx.timers.clear('tick');
       return;
     }
+    if (cmd === 'moveto') {
+      // Self migration: `moveto host <id>` or `moveto label <k>=<v>`.
+      if (a === 'host') ctx.moveTo({ host: b as string });
+      else {
+        const [k, v] = (b ?? '').split('=');
+        ctx.moveTo({ labels: { [k as string]: v as string } });
+      }
+      return;
+    }
     if (cmd === 'fill') {
       const n = Number(a);
       const size = Number(b);

@@ -1,0 +1,182 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import fc from 'fast-check';
+import { pack } from 'msgpackr';
+import type { WebSocket } from 'ws';
+import { connect } from '../src/client/node.js';
+import { Host, silentLogger } from '../src/host/index.js';
+import { openSqliteStore, type Store } from '../src/store/index.js';
+import {
+  AUTH_HEADER,
+  loadOrCreateIdentity,
+  newClusterSecret,
+  parseClusterSecret,
+  signRequest,
+} from '../src/transport/cluster.js';
+import { openPeerLink } from '../src/transport/peer.js';
+import { SERVICES } from './support/host.js';
+import { tempDir } from './support/server.js';
+import { streamClient } from './support/stream-client.js';
+
+/**
+ * A host's peer endpoint under hostile input: requests without, with stale, replayed or forged
+ * cluster signatures; garbage on an authenticated migration link. The host refuses each with a
+ * clear code, never crashes, and a client streaming through it meanwhile loses nothing.
+ */
+
+describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
+  let host: Host;
+  let store: Store;
+  let peerUrl: string;
+  let clientUrl: string;
+  let cleanup: () => Promise<void>;
+  const secret = parseClusterSecret(newClusterSecret());
+
+  before(async () => {
+    const dir = await tempDir();
+    store = await openSqliteStore({ path: `${dir.path}/roam.db`, synchronous: 'normal' });
+    host = await Host.start({
+      store,
+      logger: silentLogger(),
+      services: [{ name: 'stream', module: SERVICES.stream }],
+      cluster: { secret, identity: loadOrCreateIdentity() },
+    });
+    clientUrl = (await host.listen('ws://127.0.0.1:0')).url;
+    peerUrl = (await host.join()).peerUrl;
+    cleanup = async () => {
+      await host.close();
+      await store.close();
+      await dir.cleanup();
+    };
+  });
+  after(() => cleanup());
+
+  async function call(path: string, init: RequestInit & { headers?: Record<string, string> } = {}) {
+    const res = await fetch(new URL(path, peerUrl), init);
+    const body = (await res.json()) as { error?: { code: string } };
+    return { status: res.status, code: body.error?.code };
+  }
+
+  it('refuses unsigned, forged, stale and replayed requests with 401 UNAUTHORIZED', async () => {
+    assert.deepEqual(await call('/peer/instances'), { status: 401, code: 'UNAUTHORIZED' });
+    const wrong = parseClusterSecret(newClusterSecret());
+    assert.deepEqual(
+      await call('/peer/instances', { headers: { [AUTH_HEADER]: signRequest(wrong, 'GET', '/peer/instances') } }),
+      {
+        status: 401,
+        code: 'UNAUTHORIZED',
+      },
+    );
+    const stale = signRequest(secret, 'GET', '/peer/instances', new Uint8Array(0), Date.now() - 120_000);
+    assert.deepEqual(await call('/peer/instances', { headers: { [AUTH_HEADER]: stale } }), {
+      status: 401,
+      code: 'UNAUTHORIZED',
+    });
+    // A signature for another path does not open this one.
+    const other = signRequest(secret, 'GET', '/peer/sessions');
+    assert.deepEqual(await call('/peer/instances', { headers: { [AUTH_HEADER]: other } }), {
+      status: 401,
+      code: 'UNAUTHORIZED',
+    });
+    const good = signRequest(secret, 'GET', '/peer/instances');
+    assert.equal((await call('/peer/instances', { headers: { [AUTH_HEADER]: good } })).status, 200);
+    assert.deepEqual(
+      await call('/peer/instances', { headers: { [AUTH_HEADER]: good } }),
+      { status: 401, code: 'UNAUTHORIZED' },
+      'replay',
+    );
+    const garbage = ['', 'x', '1.2.3', `${Date.now()}..`, `${Date.now()}.${'n'.repeat(200)}.abc`];
+    for (const g of garbage) {
+      assert.deepEqual(
+        await call('/peer/instances', { headers: { [AUTH_HEADER]: g } }),
+        { status: 401, code: 'UNAUTHORIZED' },
+        g,
+      );
+    }
+  });
+
+  it('signed requests with malformed bodies get 400 with a code, never a crash', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.oneof(fc.string(), fc.json(), fc.constant('{"instance":5}'), fc.constant('[]')),
+        async (text) => {
+          const body = new TextEncoder().encode(text);
+          const path = '/peer/migrate';
+          const r = await call(path, {
+            method: 'POST',
+            body: text,
+            headers: { [AUTH_HEADER]: signRequest(secret, 'POST', path, body), 'content-type': 'application/json' },
+          });
+          assert.ok(r.status >= 400 && r.status < 500, `${text} → ${r.status}`);
+          assert.ok(['INVALID_ARGUMENT', 'NOT_FOUND'].includes(r.code ?? ''), `${text} → ${r.code}`);
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('a migration link refuses members without the secret, and survives garbage from members', async (t) => {
+    const s = connect(clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+    t.after(() => s.close());
+    const c = streamClient(s);
+    await s.ready;
+    s.send('start 2');
+    c.startSending(2);
+    await c.until(10);
+
+    const wrong = parseClusterSecret(newClusterSecret());
+    await assert.rejects(
+      openPeerLink(peerUrl, '/peer/migrate', wrong, (m, p) => signRequest(wrong, m, p)),
+      (err: Error & { code?: string }) => err.code === 'UNAUTHORIZED',
+    );
+
+    const closed = (ws: WebSocket) => new Promise<void>((resolve) => ws.once('close', () => resolve()));
+    const hostile: Array<Uint8Array | string> = [
+      'text, not binary',
+      new Uint8Array([0xc1, 0xff, 0x00]),
+      pack(42),
+      pack({ t: 'round', n: 0, deltas: [] }),
+      pack({ t: 'offer' }),
+      pack({
+        t: 'offer',
+        mid: 'x',
+        service: { name: 'stream', version: '1', compat: ['stream/1'] },
+        requires: {},
+        instances: 'nope',
+      }),
+      pack({ t: 'offer', mid: 'x', service: { name: 'nope', version: '1', compat: [] }, requires: {}, instances: [] }),
+    ];
+    for (const msg of hostile) {
+      const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
+      const answers: unknown[] = [];
+      ws.on('message', (d: Buffer) => answers.push(d));
+      const done = closed(ws);
+      ws.send(msg);
+      await done;
+    }
+    // An accepted offer followed by a corrupt round: staged data is dropped, the host lives on.
+    const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
+    const done = closed(ws);
+    ws.send(
+      pack({
+        t: 'offer',
+        mid: 'y',
+        from: 'z',
+        service: { name: 'stream', version: '1.0.0', compat: ['stream/1'] },
+        requires: {},
+        instances: [{ inst: 'sdeadbeef', key: null }],
+        sessions: 0,
+      }),
+    );
+    ws.send(
+      pack({ t: 'round', n: 0, deltas: [{ inst: 'sdeadbeef', instance: { set: 'bad', deleted: [] }, sessions: [] }] }),
+    );
+    await done;
+    const mark = c.received;
+    await c.until(mark + 20);
+    c.stopSending();
+    await c.untilEchoed();
+    assert.deepEqual(c.errors, []);
+    assert.equal((await host.describeInstances()).filter((i) => i.instance === 'sdeadbeef').length, 0);
+  });
+});
