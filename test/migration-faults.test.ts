@@ -99,6 +99,37 @@ describe('migration faults', { timeout: 180_000 }, () => {
     );
   });
 
+  it('the source dies between commit and MOVE: through the gateway, the client finds the destination', async (t) => {
+    const cluster = await startCluster({
+      hosts: [{ services, env: { ROAM_TEST_FAULT: 'source-after-commit' } }, { services }],
+    });
+    t.after(() => cluster.close());
+    const [a, b] = cluster.hosts as [ClusterHost, ClusterHost];
+    const gw = await cluster.startGateway();
+    const s = connect(gw.urls[0] as string, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 100 } });
+    t.after(() => s.close());
+    const c = streamClient(s);
+    await s.ready;
+    s.send('start 1 1024');
+    c.startSending(2);
+    await c.until(30);
+    const { sessions } = await cluster.api<{ sessions: Array<{ instance: string; host: string }> }>(
+      `/api/sessions?id=${s.id}`,
+    );
+    assert.equal(sessions[0]?.host, a.id, 'the gateway placed the session on a');
+    const instance = sessions[0]?.instance as string;
+    // The source dies before it can answer: the request fails, the instance is b's.
+    await assert.rejects(cluster.api('/api/migrate', { instance, to: b.id }));
+    assert.notEqual(await a.exited, 0);
+    const mark = c.received;
+    await c.until(mark + 200);
+    c.stopSending();
+    await c.untilEchoed();
+    assert.deepEqual(c.errors, []);
+    assert.deepEqual(await holders(cluster, instance), [b.id]);
+    assert.equal((await location(cluster, instance))?.host, b.id);
+  });
+
   it('a host whose epoch is stale stops serving the instance (fencing)', async (t) => {
     const cluster = await startCluster({ hosts: [{ services }, { services }] });
     t.after(() => cluster.close());

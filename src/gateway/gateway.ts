@@ -295,6 +295,8 @@ class ClientSplice {
       if (this.ended) return;
       const e = asRoamError(err);
       ctx.log.warn({ host: host.id, code: e.code, err: e.message }, 'gateway: splice link failed');
+      // The cached host may be dead and the session committed elsewhere: ask the directory next time.
+      if (this.sid) ctx.table.forgetSession(this.sid);
       this.refuse(new RoamError('UNAVAILABLE', `host ${host.id} could not be reached; retry`));
       return;
     }
