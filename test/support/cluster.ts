@@ -1,10 +1,21 @@
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
-import { clusterFetch, newClusterSecret, parseClusterSecret } from '../../src/transport/cluster.js';
+import { connect } from '../../src/client/node.js';
+import { openSqliteStore } from '../../src/store/index.js';
+import {
+  ClusterKeys,
+  clusterFetch,
+  decodeJson,
+  type LocationRecord,
+  newClusterSecret,
+  parseClusterSecret,
+} from '../../src/transport/cluster.js';
 import { NODE_ARGS, ROAM } from './cli.js';
 import { SERVICES } from './host.js';
 import { tempDir } from './server.js';
+import { streamClient } from './stream-client.js';
 
 /** A `roam` process started by a test; killed (SIGKILL) at cleanup if still running. */
 export interface RoamProcess {
@@ -180,4 +191,47 @@ export async function startCluster(opts: { hosts?: number | HostSpec[]; heartbea
     throw err;
   }
   return cluster;
+}
+
+/** The instance of a client's session, and the host that runs it, as the directory sees them. */
+export async function whereIs(cluster: Cluster, sid: string): Promise<{ instance: string; host: string }> {
+  const { sessions } = await cluster.api<{ sessions: Array<{ session: string; instance: string; host: string }> }>(
+    `/api/sessions?id=${sid}`,
+  );
+  const s = sessions.find((x) => x.session === sid);
+  if (!s) throw new Error(`session ${sid} is not on any host`);
+  return { instance: s.instance, host: s.host };
+}
+
+/** Hosts that list the instance (the directory's fan-out; dead hosts do not answer). */
+export async function holders(cluster: Cluster, instance: string): Promise<string[]> {
+  const { instances } = await cluster.api<{ instances: Array<{ instance: string; host: string }> }>('/api/instances');
+  return instances.filter((i) => i.instance === instance).map((i) => i.host);
+}
+
+export async function location(cluster: Cluster, instance: string): Promise<LocationRecord | undefined> {
+  const store = await openSqliteStore({ path: cluster.dbPath });
+  try {
+    const e = await store.get(ClusterKeys.location(instance));
+    return e ? decodeJson<LocationRecord>(e.value) : undefined;
+  } finally {
+    await store.close();
+  }
+}
+
+export async function streaming(t: { after(fn: () => unknown): void }, cluster: Cluster, host: ClusterHost) {
+  const s = connect(host.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+  t.after(() => s.close());
+  const c = streamClient(s);
+  await s.ready;
+  s.send('fill 64 1024');
+  s.send('start 1 1024');
+  c.startSending(2);
+  await c.until(30);
+  const { sessions } = await cluster.api<{ sessions: Array<{ session: string; instance: string }> }>(
+    `/api/sessions?id=${s.id}`,
+  );
+  const instance = sessions[0]?.instance as string;
+  assert.ok(instance);
+  return { s, c, instance };
 }
