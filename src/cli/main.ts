@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
-import { Command, InvalidArgumentError } from 'commander';
-import { builtinServices, createLogger, SessionServer } from '../host/index.js';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { createLogger } from '../host/logger.js';
 import type { MigrationFault } from '../host/migration.js';
 import { RoamError } from '../wire/index.js';
+import { UsageError } from './api.js';
+import { addOperatorCommands, Failure } from './operator.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -16,48 +18,58 @@ function port(v: string): number {
   return n;
 }
 
+function count(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError('wants an integer in 1..1000');
+  return n;
+}
+
 export function buildProgram(): Command {
   const program = new Command()
     .name('roam')
     .description('Migratable stateful network services: sessions that survive drops, address changes and moves.')
     .version(pkg.version)
-    .showHelpAfterError();
+    .showHelpAfterError()
+    // Usage errors exit 2, not commander's 1 (docs/cli.md); inherited by every subcommand below.
+    .exitOverride();
 
   program
     .command('dev')
-    .description('run a local roam server with the built-in services (echo, counter)')
-    .option('--host <addr>', 'address to listen on', '127.0.0.1')
-    .option('--port <n>', 'WebSocket port; raw TCP listens on the next one (0 = free ports)', port, 7071)
-    .option('--json', 'print the endpoints as one JSON line')
+    .description('run a local cluster in one process: directory, hosts, gateway, example services and a demo load')
+    .option('--port <n>', 'directory port: API and dashboard (0 = a free port)', port, 7070)
+    .option('--gateway-port <n>', 'gateway port for clients, ws:// (0 = a free port)', port, 7080)
+    .option('--hosts <n>', 'how many hosts', count, 3)
+    .option('--store <path>', 'SQLite file (default: a temp dir, removed on exit)')
+    .option('--no-demo', 'no demo clients and no periodic migrations')
+    .option('--move-every <s>', 'seconds between demo migrations', count, 10)
+    .option('--json', 'print the URLs, host ids and secret as one JSON line')
     .addHelpText(
       'after',
-      '\nExample:\n  $ roam dev --port 0\n  ws   ws://127.0.0.1:40123\n  tcp  tcp://127.0.0.1:40124\n',
+      '\nExample:\n  $ roam dev                      # or: npm start\n' +
+        '  $ roam dev --port 0 --gateway-port 0 --json --no-demo\n' +
+        '  {"directory":"http://127.0.0.1:40123","gateway":"ws://127.0.0.1:40124","hosts":[…],"secret":"…",…}\n' +
+        '\nThen, in another terminal: roam hosts, roam instances, roam migrate <instance>, roam drain <host>.\n' +
+        'Ctrl-C stops everything; the temp store is removed.\n',
     )
-    .action(async (opts: { host: string; port: number; json?: boolean }) => {
-      const server = new SessionServer({ services: builtinServices(), logger: createLogger('roam-dev') });
-      let ws: { url: string };
-      let tcp: { url: string };
-      try {
-        ws = await server.listen(`ws://${opts.host}:${opts.port}`);
-        tcp = await server.listen(`tcp://${opts.host}:${opts.port === 0 ? 0 : opts.port + 1}`);
-      } catch (err) {
-        await server.close();
-        const msg = err instanceof Error ? err.message : String(err);
-        process.stderr.write(`roam dev: ${msg}\n  (another roam dev running? pass --port 0 for free ports)\n`);
-        process.exitCode = ExitCode.FAILURE;
-        return;
-      }
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ ws: ws.url, tcp: tcp.url, services: ['echo', 'counter'] })}\n`);
-      } else {
-        process.stdout.write(
-          `roam dev ${pkg.version}\n  ws   ${ws.url}\n  tcp  ${tcp.url}\n  services: echo, counter\nCtrl-C to stop.\n`,
-        );
-      }
-      await waitForSignal();
-      await server.close();
-      if (!opts.json) process.stdout.write('roam dev stopped.\n');
+    .action(async (opts: DevCliOptions) => {
+      const { runDev } = await import('./dev.js');
+      const stopped = waitForSignal();
+      await runDev(
+        {
+          port: opts.port,
+          gatewayPort: opts.gatewayPort,
+          hosts: opts.hosts,
+          ...(opts.store ? { store: opts.store } : {}),
+          demo: opts.demo,
+          json: opts.json === true,
+          moveEveryS: opts.moveEvery,
+        },
+        pkg.version,
+        stopped,
+      );
     });
+
+  addOperatorCommands(program);
 
   program
     .command('host')
@@ -298,6 +310,16 @@ interface HostCliOptions {
   heartbeatMs?: string;
 }
 
+interface DevCliOptions {
+  port: number;
+  gatewayPort: number;
+  hosts: number;
+  store?: string;
+  demo: boolean;
+  moveEvery: number;
+  json?: boolean;
+}
+
 interface DirectoryCliOptions {
   store: string;
   listen: string;
@@ -319,13 +341,29 @@ function waitForSignal(): Promise<void> {
   });
 }
 
+/** What an error means for the exit code and the line on stderr (docs/cli.md). */
+export function describeError(err: unknown): { code: number; message: string | undefined } {
+  if (err instanceof CommanderError) {
+    // Help and version "errors" exit 0; commander printed its own message already.
+    if (err.exitCode === 0) return { code: ExitCode.OK, message: undefined };
+    return { code: ExitCode.USAGE, message: undefined };
+  }
+  if (err instanceof UsageError || err instanceof InvalidArgumentError) {
+    return { code: ExitCode.USAGE, message: `roam: USAGE: ${err.message}` };
+  }
+  if (err instanceof RoamError || err instanceof Failure) {
+    return { code: ExitCode.FAILURE, message: `roam: ${err.code}: ${err.message}` };
+  }
+  return { code: ExitCode.FAILURE, message: `roam: ${err instanceof Error ? err.message : String(err)}` };
+}
+
 const isMain = process.argv[1] !== undefined && /(?:roam(?:\.js)?|main\.[jt]s)$/.test(process.argv[1]);
 if (isMain) {
   buildProgram()
     .parseAsync(process.argv)
     .catch((err: unknown) => {
-      if (err instanceof RoamError) process.stderr.write(`roam: ${err.code}: ${err.message}\n`);
-      else process.stderr.write(`roam: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exitCode = ExitCode.FAILURE;
+      const { code, message } = describeError(err);
+      if (message) process.stderr.write(`${message}\n`);
+      process.exitCode = code;
     });
 }
