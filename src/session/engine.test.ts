@@ -277,7 +277,10 @@ describe('SessionEngine', () => {
       assert.deepEqual(got, [1], 'nothing delivered while frozen');
       assert.equal(e.lastReceivedSeq, 1, 'the snapshot point does not move');
       const acks = peer.frames.filter((f) => f.type === FrameType.ACK).map((f) => (f as { seq: number }).seq);
-      assert.ok(acks.every((s) => s <= 1), `no ACK beyond the freeze point: ${acks}`);
+      assert.ok(
+        acks.every((s) => s <= 1),
+        `no ACK beyond the freeze point: ${acks}`,
+      );
       e.thaw();
       assert.equal(e.frozen, false);
       assert.deepEqual(got, [1, 2, 3]);
@@ -334,7 +337,8 @@ describe('SessionEngine', () => {
       e.on('event', (ev) => events.push(ev));
       const peer = rawPeer(e);
       e.freeze();
-      for (let i = 1; i <= 4; i++) peer.send({ type: FrameType.DATA, seq: i, channel: 0, payload: new Uint8Array(400) });
+      for (let i = 1; i <= 4; i++)
+        peer.send({ type: FrameType.DATA, seq: i, channel: 0, payload: new Uint8Array(400) });
       await tick();
       assert.equal(e.state, 'detached');
       assert.ok(events.some((ev) => ev.type === 'suspended' && ev.code === 'OVERLOADED'));
