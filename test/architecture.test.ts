@@ -19,7 +19,7 @@ const ALLOWED: Record<string, readonly string[]> = {
   bundle: ['wire'],
   policy: ['wire'],
   host: ['wire', 'session', 'transport', 'service', 'store', 'bundle'],
-  directory: ['wire', 'session', 'transport', 'store', 'bundle', 'policy'],
+  directory: ['wire', 'session', 'transport', 'store', 'bundle', 'policy', 'dashboard'],
   gateway: ['wire', 'session', 'transport', 'store'],
   dashboard: ['wire'],
   cli: [

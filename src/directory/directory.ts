@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { isDashboardPath, serveDashboard } from '../dashboard/index.js';
 import { type Clock, Emitter, type TimerHandle } from '../session/index.js';
 import type { Store } from '../store/index.js';
 import { isValidKey } from '../store/store.js';
@@ -513,8 +514,10 @@ export class Directory {
 
   private fail(req: IncomingMessage, res: ServerResponse, err: unknown): void {
     const e = err instanceof RoamError ? err : new RoamError('INTERNAL', (err as Error)?.message ?? String(err));
-    if (e.code === 'INTERNAL') this.log.error({ err, method: req.method, url: req.url }, 'directory request failed');
-    else this.log.debug({ code: e.code, msg: e.message, method: req.method, url: req.url }, 'request refused');
+    // `?token=` (event stream) never reaches a log.
+    const url = req.url?.replace(/([?&]token=)[^&#]*/g, '$1…');
+    if (e.code === 'INTERNAL') this.log.error({ err, method: req.method, url }, 'directory request failed');
+    else this.log.debug({ code: e.code, msg: e.message, method: req.method, url }, 'request refused');
     if (res.headersSent) {
       res.destroy();
       return;
@@ -532,10 +535,9 @@ export class Directory {
     } catch {
       throw new RoamError('INVALID_ARGUMENT', 'bad request target');
     }
-    if (url.pathname === '/' && (method === 'GET' || method === 'HEAD')) {
-      res
-        .writeHead(200, { 'content-type': 'text/plain; charset=utf-8' })
-        .end('roam directory: the API is at /api/hosts, /api/instances, /api/events (see docs/directory.md)\n');
+    // The dashboard: static files at `/` and `/dashboard/*`, no auth (they hold no data).
+    if ((method === 'GET' || method === 'HEAD') && isDashboardPath(url.pathname)) {
+      await serveDashboard(req, res, url.pathname);
       return;
     }
     const cluster = url.pathname.startsWith('/cluster/');
@@ -548,7 +550,7 @@ export class Directory {
     const sig = req.headers[AUTH_HEADER];
     const signature = typeof sig === 'string' ? sig : undefined;
     if (cluster) this.verifier.verify(signature, method, rawUrl, body);
-    else this.authorizeOperator(req, signature, method, rawUrl, body);
+    else this.authorizeOperator(req, signature, method, rawUrl, body, url);
     const route = this.routes.get(`${method} ${url.pathname}`);
     if (!route) throw new RoamError('NOT_FOUND', `no route ${method} ${url.pathname}`);
     let parsed: unknown;
@@ -569,6 +571,7 @@ export class Directory {
     method: string,
     rawUrl: string,
     body: Uint8Array,
+    url: URL,
   ): void {
     if (!this.tokenDigest) return;
     const auth = req.headers.authorization;
@@ -579,6 +582,12 @@ export class Directory {
     if (signature !== undefined) {
       this.verifier.verify(signature, method, rawUrl, body);
       return;
+    }
+    // EventSource (the dashboard) cannot send headers: `GET /api/events?token=…`, on that route only.
+    const queryToken = url.searchParams.get('token');
+    if (queryToken !== null && method === 'GET' && url.pathname === '/api/events') {
+      if (timingSafeEqual(digest(queryToken), this.tokenDigest)) return;
+      throw new RoamError('UNAUTHORIZED', 'wrong token');
     }
     throw new RoamError('UNAUTHORIZED', 'missing bearer token (Authorization: Bearer <token>) or cluster signature');
   }
