@@ -262,6 +262,50 @@ describe('continuations', () => {
     assert.equal(h.host.counters.instancesRestored, 1);
   });
 
+  it('a newcomer to a suspended keyed instance joins the restored room, not an empty copy', async (t) => {
+    const h = await startTestHost({ graceMs: 60_000 });
+    t.after(() => h.close());
+    const gate = gatedConnector();
+    const carol = connect(h.url, { service: 'room', key: 'den', connector: gate, reconnect: { initialDelayMs: 5 } });
+    t.after(() => carol.close());
+    await carol.ready;
+    const echoed = new Promise<void>((r) => carol.once('message', () => r()));
+    carol.send('kept line');
+    await echoed;
+    const gone = new Promise<void>((r) => h.host.once('instanceSuspended', () => r()));
+    gate.open = false;
+    carol.reconnectNow();
+    await gone;
+    // Dave has never been in the room: his HELLO must bring the room back from the Store.
+    const dave = connect(h.url, { service: 'room', key: 'den' });
+    t.after(() => dave.close());
+    await dave.ready;
+    const line = new Promise<string>((r) => dave.on('message', (d, ch) => ch === 0 && r(dec.decode(d))));
+    dave.send('hello');
+    assert.match(await line, /: hello$/);
+    assert.equal(h.host.counters.instancesRestored, 1, 'the room came back from its continuation');
+    // Carol returns to one room holding both lines: hers from before, and dave's.
+    const control = new Promise<string>((r) => carol.on('message', (d, ch) => ch === 1 && r(dec.decode(d))));
+    gate.open = true;
+    assert.equal(await control, 'restored as guest-1; 2 lines');
+  });
+
+  it('a session whose key the service refuses is lost (refused), not retried forever', async (t) => {
+    const h = await startTestHost({
+      services: [{ name: 'picky', module: new URL('./support/services/picky.ts', import.meta.url).pathname }],
+    });
+    t.after(() => h.close());
+    const s = connect(h.url, { service: 'picky', key: 'BAD KEY', reconnect: { initialDelayMs: 5 } });
+    t.after(() => s.close());
+    const lost = await new Promise<{ reason: string; code: string }>((resolve) =>
+      s.on('event', (ev) => {
+        if (ev.type === 'lost') resolve(ev);
+      }),
+    );
+    assert.equal(lost.code, 'INVALID_ARGUMENT');
+    assert.equal(lost.reason, 'refused');
+  });
+
   it('async timer hooks queued behind a suspension do not run while the session is away', async (t) => {
     const h = await startTestHost({
       graceMs: 10,

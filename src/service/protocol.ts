@@ -62,6 +62,8 @@ export interface InstanceInfo {
 export type ToWorker =
   /** A new session; replies with the instance id (the worker applies the service's key rules). */
   | { op: 'open'; id: number; key: string | undefined; sid: string }
+  /** Which instance a new session would join (the service's key rules), and whether it runs. */
+  | { op: 'resolve'; id: number; key: string | undefined; sid: string }
   | { op: 'msg'; sid: string; ch: number; data: ArrayBuffer }
   | { op: 'reconnected'; sid: string }
   /** The session's transport is down; the session is kept (grace period). */

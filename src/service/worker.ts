@@ -188,6 +188,15 @@ function sessionOf(sid: string): [Instance, WSession] {
   return [i, s];
 }
 
+/** The service's key rules applied to a client's key; a refusal is INVALID_ARGUMENT. */
+function normalizeKey(raw: string | undefined): string | undefined {
+  try {
+    return def.key ? def.key(raw) : raw;
+  } catch (err) {
+    throw new RoamError('INVALID_ARGUMENT', `instance key refused: ${(err as Error)?.message ?? err}`);
+  }
+}
+
 /** Instance ids are Store-key safe: `k` + base64url(key) for keyed instances, `s` + session id otherwise. */
 function instanceId(key: string | undefined, sid: string): string {
   return key === undefined ? `s${sid}` : `k${Buffer.from(key, 'utf8').toString('base64url')}`;
@@ -206,13 +215,13 @@ async function ensureInstance(inst: string, key: string | undefined): Promise<In
 
 async function handle(m: ToWorker): Promise<unknown> {
   switch (m.op) {
+    case 'resolve': {
+      const key = normalizeKey(m.key);
+      const inst = instanceId(key, m.sid);
+      return { inst, key, running: instances.has(inst) };
+    }
     case 'open': {
-      let key: string | undefined;
-      try {
-        key = def.key ? def.key(m.key) : m.key;
-      } catch (err) {
-        throw new RoamError('INVALID_ARGUMENT', `instance key refused: ${(err as Error)?.message ?? err}`);
-      }
+      const key = normalizeKey(m.key);
       const inst = instanceId(key, m.sid);
       if (instances.get(inst)?.frozen || staged.has(inst)) {
         throw new RoamError('UNAVAILABLE', `instance ${inst} is moving between hosts; open again in a moment`);

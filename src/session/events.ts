@@ -9,6 +9,8 @@ export type LostReason =
   | 'reconnect_exhausted'
   /** The host that served the session lost ownership of its instance (split brain settled against it). */
   | 'fenced'
+  /** The service refused the session (its key rules, or its open/init hook threw). */
+  | 'refused'
   | 'protocol_error';
 
 /**
@@ -38,6 +40,8 @@ const LOST_REASONS: Partial<Record<CodeName, LostReason>> = {
   UNKNOWN_SERVICE: 'unknown_session',
   RECONNECT_EXHAUSTED: 'reconnect_exhausted',
   FENCED: 'fenced',
+  INVALID_ARGUMENT: 'refused',
+  SERVICE_ERROR: 'refused',
 };
 
 export function lostReasonFor(code: CodeName): LostReason {
@@ -51,4 +55,7 @@ export const SESSION_FATAL_CODES: ReadonlySet<CodeName> = new Set<CodeName>([
   'REPLAY_WINDOW_EXCEEDED',
   'UNKNOWN_SERVICE',
   'FENCED',
+  // The service refused to open the session: retrying the same session cannot succeed.
+  'INVALID_ARGUMENT',
+  'SERVICE_ERROR',
 ]);
