@@ -22,6 +22,7 @@ import {
 } from '../transport/cluster.js';
 import { sendError, sendJson } from '../transport/peer.js';
 import { RoamError } from '../wire/index.js';
+import { DirectoryMetrics, type DirectoryMetricsOptions } from './metrics.js';
 import * as check from './validate.js';
 
 /**
@@ -85,6 +86,8 @@ export interface DirectoryOptions {
   /** Migration records kept (memory and Store); older ones are deleted. Default 1000. */
   maxMigrations?: number;
   logger?: DirectoryLogger;
+  /** Prometheus metrics (`directory.metrics`, `GET /metrics`); see docs/observability.md. */
+  metrics?: DirectoryMetricsOptions;
   /** Wall-clock time source for host liveness (`now()` in ms since the epoch). Default `Date`. */
   clock?: Clock;
 }
@@ -235,6 +238,8 @@ export class Directory {
   readonly url: string;
   /** Every cluster event, as it is streamed on `GET /api/events`. */
   readonly events = new DirectoryEvents();
+  /** This directory's Prometheus registry and metrics (its own registry, never the global one). */
+  readonly metrics: DirectoryMetrics;
 
   private readonly table = new Map<string, HostEntry>();
   /** Oldest first (Map insertion order). */
@@ -262,6 +267,11 @@ export class Directory {
     this.verifier = new RequestVerifier(opts.secret);
     this.tokenDigest = opts.token ? digest(opts.token) : undefined;
     this.events.listenerError = (err) => this.log.error({ err }, 'directory event listener threw');
+    this.metrics = new DirectoryMetrics(opts.metrics);
+    this.metrics.attach(this.events, {
+      hosts: () => Array.from(this.table.values(), (e) => e.record),
+      streams: () => this.streams.size,
+    });
     this.defineRoutes();
   }
 
@@ -416,6 +426,7 @@ export class Directory {
       s.once('close', () => this.sockets.delete(s));
     });
     this.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      this.metrics.track(req, res, (route) => this.routes.has(route));
       this.onRequest(req, res).catch((err: unknown) => this.fail(req, res, err));
     });
     this.keepaliveTimer = setInterval(() => {
@@ -541,7 +552,7 @@ export class Directory {
       return;
     }
     const cluster = url.pathname.startsWith('/cluster/');
-    if (!cluster && !url.pathname.startsWith('/api/')) {
+    if (!cluster && !url.pathname.startsWith('/api/') && url.pathname !== '/metrics') {
       throw new RoamError('NOT_FOUND', `no route ${method} ${url.pathname}`);
     }
     const declared = Number(req.headers['content-length']);
@@ -639,6 +650,11 @@ export class Directory {
       });
     });
     r('GET', '/api/events', async (_b, url, _req, res) => this.openStream(url, res));
+    // Prometheus text format; authorized like /api/* (open without a token, else bearer token).
+    r('GET', '/metrics', async (_b, _url, _req, res) => {
+      await this.metrics.serve(res);
+      return STREAMING;
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -665,6 +681,7 @@ export class Directory {
       throw err;
     }
     this.log.info({ host: record.id, peerUrl: record.peerUrl, clientUrl: record.clientUrl }, 'host registered');
+    this.metrics.registered();
     this.broadcast({ type: 'host.registered', host: structuredClone(record) });
     return { ok: true, heartbeatMs: this.t.heartbeatMs };
   }

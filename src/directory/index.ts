@@ -7,6 +7,7 @@ export {
   type InstanceInfo,
   type SessionInfo,
 } from './directory.js';
+export { DirectoryMetrics, type DirectoryMetricsOptions } from './metrics.js';
 export {
   DEFAULT_MAX_EVENT_BYTES,
   type DirectoryStreamEvent,

@@ -6,7 +6,8 @@ import type { Host } from './host.js';
 /**
  * A host's admin API: JSON over HTTP, for `roam suspend` and friends. It listens on loopback by
  * default and, when given a token, requires `Authorization: Bearer <token>`; anyone who can reach
- * it can suspend sessions, so never expose it without one.
+ * it can suspend sessions, so never expose it without one. `GET /metrics` serves the host's
+ * Prometheus metrics under the same rule (Prometheus: `authorization: { credentials: <token> }`).
  */
 export interface AdminServer {
   readonly url: string;
@@ -52,6 +53,10 @@ export async function startAdmin(host: Host, opts: { listen?: string; token?: st
       return;
     }
     const url = new URL(req.url ?? '/', 'http://admin');
+    if (req.method === 'GET' && url.pathname === '/metrics') {
+      await host.metrics.serve(res);
+      return;
+    }
     if (req.method === 'GET' && url.pathname === '/api/sessions') {
       send(res, 200, { sessions: host.describeSessions() });
       return;

@@ -26,7 +26,8 @@ import { type PeerLink, PeerServer } from '../transport/peer.js';
 import { type CodeName, RoamError } from '../wire/index.js';
 import { ClusterMember, type ClusterOptions, drainStatus } from './cluster.js';
 import { createLogger, type Logger } from './logger.js';
-import { Migrations } from './migration.js';
+import { HostMetrics, type HostMetricsOptions } from './metrics.js';
+import { type IncomingMigration, Migrations } from './migration.js';
 import { ServerSession, SessionServer, type SessionServerOptions } from './server.js';
 import { ServiceWorker } from './service-worker.js';
 import { SPLICE_PATH, spliceLink } from './splice.js';
@@ -61,6 +62,8 @@ export interface HostOptions {
   logger?: Logger;
   /** Join a cluster: peer endpoint, directory registration, live migration. */
   cluster?: ClusterOptions;
+  /** Prometheus metrics (`host.metrics`, `GET /metrics`); see docs/observability.md. */
+  metrics?: HostMetricsOptions;
 }
 
 /** What a drain may do. */
@@ -131,6 +134,8 @@ export type HostEvents = {
   restored: [{ session: string; instance: string }];
   /** A migration finished (committed, aborted or refused), on the source. */
   migration: [MigrationRecord];
+  /** An incoming migration finished (committed, aborted or refused), on the destination. */
+  migrationIn: [IncomingMigration];
   drain: [DrainStatus];
   /** This host stopped serving an instance because another host owns it now (stale epoch). */
   fenced: [{ instance: string; owner: string }];
@@ -166,7 +171,12 @@ export class Host extends Emitter<HostEvents> {
     migratedIn: 0,
     migrationsAborted: 0,
     fenced: 0,
+    /** Application payload bytes from clients / from services to clients. */
+    bytesIn: 0,
+    bytesOut: 0,
   };
+  /** This host's Prometheus registry and metrics (its own registry, never the global one). */
+  readonly metrics: HostMetrics;
   /** This host's id in a cluster (the fingerprint of its identity), or a random one outside. */
   readonly id: string;
   private readonly migrations: Migrations | undefined;
@@ -183,11 +193,13 @@ export class Host extends Emitter<HostEvents> {
     super();
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? createLogger('roam-host');
-    this.store = opts.store;
+    this.metrics = new HostMetrics(opts.metrics);
+    this.store = this.metrics.instrumentStore(opts.store);
     this.graceMs = opts.graceMs ?? 30_000;
     this.ttlMs = opts.continuationTtlMs ?? 24 * 3600_000;
     this.endedTtlMs = opts.endedTtlMs ?? 7 * 24 * 3600_000;
     this.id = opts.cluster?.identity.id ?? randomBytes(16).toString('hex');
+    this.log = this.log.child({ host: this.id });
     if (opts.cluster) {
       const cluster = opts.cluster;
       const self = this;
@@ -231,9 +243,30 @@ export class Host extends Emitter<HostEvents> {
             this.attachMigrated(inst, service, key, sessions, epoch),
           membersOf: (inst) => [...(this.instances.get(inst)?.members ?? [])],
           forgetStub: (sid) => this.server.forget(sid),
+          incoming: (ev) => this.emit('migrationIn', ev),
           emit(ev) {
             if (ev.type === 'migration') {
               const m = ev.migration;
+              const { id, phases, outcome } = m;
+              if (phases.clientGapMs !== undefined)
+                self.log.info({ migration: id, clientGapMs: phases.clientGapMs }, 'migration client gap');
+              else
+                self.log[outcome === 'committed' ? 'info' : 'warn'](
+                  {
+                    migration: id,
+                    instances: m.instances,
+                    to: m.to,
+                    reason: m.reason,
+                    outcome,
+                    code: m.code,
+                    err: m.message,
+                    sessions: m.sessions,
+                    freezeMs: phases.freezeMs,
+                    rounds: m.rounds.length,
+                    bytes: m.bytesSent,
+                  },
+                  `migration ${outcome}`,
+                );
               if (m.outcome === 'committed' && m.from === self.id && m.phases.clientGapMs === undefined) {
                 self.counters.migratedOut += m.instances.length;
               } else if (m.outcome !== 'committed') {
@@ -262,6 +295,11 @@ export class Host extends Emitter<HostEvents> {
         );
       },
       restore: (sid, verify) => this.restore(sid, verify),
+    });
+    this.metrics.attach(this, {
+      services: () => this.workers.keys(),
+      instances: () => this.instances.values(),
+      stubs: () => this.migrations?.stubCount ?? 0,
     });
   }
 
@@ -389,6 +427,8 @@ export class Host extends Emitter<HostEvents> {
     // Gateways splice clients here (pre-issued challenge, see src/host/splice.ts).
     peer.link(SPLICE_PATH, spliceLink(this.server, { clock: this.clock }));
     for (const [path, handler] of this.peerLinks) peer.link(path, handler);
+    // Prometheus cannot sign requests: the only route open without a cluster signature.
+    peer.openRoute('/metrics', (_req, res) => this.metrics.serve(res));
     peer.route('GET', '/peer/info', async () => ({
       host: this.id,
       sessions: this.sessions.size,
@@ -541,10 +581,12 @@ export class Host extends Emitter<HostEvents> {
     };
     this.drainState = d;
     void member.setStatus('leaving');
+    this.log.info({ drain: d.id, instances: d.total, reason: opts.reason ?? 'drain' }, 'drain started');
     this.drainDone = this.runDrain(d, opts).catch((err: unknown) => {
       d.state = 'failed';
       d.message = (err as Error).message;
       d.endedAt = Date.now();
+      this.log.error({ drain: d.id, err: d.message }, 'drain failed');
       this.reportDrain(d, true);
     });
     this.reportDrain(d, true);
@@ -623,7 +665,7 @@ export class Host extends Emitter<HostEvents> {
                 d.failed++;
               }
             }
-            this.log.warn({ err: d.message, instances: live.length, to: dest.id }, 'drain batch failed');
+            this.log.warn({ drain: d.id, err: d.message, instances: live.length, to: dest.id }, 'drain batch failed');
           }
           this.reportDrain(d);
         }
@@ -637,6 +679,11 @@ export class Host extends Emitter<HostEvents> {
     d.state = d.failed > 0 || this.instances.size > 0 ? 'failed' : 'done';
     d.endedAt = Date.now();
     this.reportDrain(d, true);
+    const { id, state, moved, failed, message } = d;
+    this.log[state === 'done' ? 'info' : 'warn'](
+      { drain: id, state, moved, failed, left: this.instances.size, err: message },
+      `drain ${state}`,
+    );
   }
 
   /**
@@ -788,6 +835,7 @@ export class Host extends Emitter<HostEvents> {
     session.on('message', (data, ch) => {
       if (entry.moved) return;
       this.bytes += data.length;
+      this.counters.bytesIn += data.length;
       // One copy into a buffer we own, then a transfer: the payload may be a view into a larger chunk.
       const buf = data.slice().buffer;
       worker.notify({ op: 'msg', sid: session.id, ch, data: buf }, [buf]);
@@ -882,6 +930,7 @@ export class Host extends Emitter<HostEvents> {
       return;
     }
     this.bytes += data.length;
+    this.counters.bytesOut += data.length;
     try {
       e.session.send(data, ch);
     } catch (err) {

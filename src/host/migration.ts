@@ -12,6 +12,7 @@ import {
   encodeJson,
   type HostRecord,
   type LocationRecord,
+  type MigrationOutcome,
   type MigrationReason,
   type MigrationRecord,
   signRequest,
@@ -96,6 +97,24 @@ export interface MigrationHost {
   /** A moved session's stub is no longer needed: drop it from the session server. */
   forgetStub(sid: string): void;
   emit(ev: ClusterEvent): void;
+  /** An incoming migration ended here, as destination (metrics; the source has its MigrationRecord). */
+  incoming?(ev: IncomingMigration): void;
+}
+
+/** How an incoming migration ended on the destination. Fields come from the source's offer. */
+export interface IncomingMigration {
+  id: string;
+  from: string;
+  service: string;
+  instances: number;
+  sessions: number;
+  /** Why the source moves it, as its offer says (unchecked; absent from older sources). */
+  reason?: string;
+  outcome: MigrationOutcome;
+  code?: string;
+  message?: string;
+  /** Bytes of migration messages received on the link. */
+  bytesReceived: number;
 }
 
 interface SessionTransfer {
@@ -125,6 +144,7 @@ type ToDestination =
       requires: Requirements;
       instances: Array<{ inst: string; key: string | null }>;
       sessions: number;
+      reason?: MigrationReason;
     }
   | { t: 'round'; n: number; deltas: InstanceDelta[] }
   | { t: 'final'; frozenAt: number; frozen: FrozenInstance[]; sessions: SessionTransfer[]; claims: LocationClaim[] }
@@ -145,9 +165,11 @@ class Link<In, Out> {
   private waiter: { resolve: (m: In) => void; reject: (e: Error) => void } | undefined;
   private closedWith: Error | undefined;
   bytesSent = 0;
+  bytesReceived = 0;
 
   constructor(readonly ws: WebSocket) {
     ws.on('message', (data: Buffer, isBinary: boolean) => {
+      this.bytesReceived += data.length;
       let m: In;
       try {
         if (!isBinary) throw new Error('text message');
@@ -334,6 +356,10 @@ export class Migrations {
       phases: { negotiateMs: 0, precopyMs: 0, freezeMs: 0, commitMs: 0 },
     };
     const t0 = performance.now();
+    h.log.info(
+      { migration: rec.id, instances: insts, to: dest.id, reason, precopy: opts.precopy !== false },
+      'migration started',
+    );
     let link: Link<ToSource, ToDestination> | undefined;
     let frozenAt: number | undefined;
     let finalSent = false;
@@ -362,6 +388,7 @@ export class Migrations {
         requires: meta.requires,
         instances: insts.map((inst) => ({ inst, key: h.instance(inst)?.key ?? null })),
         sessions,
+        reason,
       });
       const answer = await link.next(this.stepTimeoutMs);
       if (answer.t === 'refuse') {
@@ -642,16 +669,37 @@ export class Migrations {
     const h = this.host;
     const offer = await link.next(this.stepTimeoutMs);
     if (offer.t !== 'offer') throw new RoamError('UNEXPECTED_FRAME', `expected offer, got ${offer.t}`);
+    const report = (outcome: MigrationOutcome, err?: { code?: string; message: string }): void => {
+      const ev: IncomingMigration = {
+        id: String(offer.mid),
+        from: String(offer.from),
+        service: String(offer.service?.name),
+        instances: Array.isArray(offer.instances) ? offer.instances.length : 0,
+        sessions: Number(offer.sessions) || 0,
+        ...(typeof offer.reason === 'string' ? { reason: offer.reason } : {}),
+        outcome,
+        ...(err ? { code: err.code ?? 'INTERNAL', message: err.message } : {}),
+        bytesReceived: link.bytesReceived,
+      };
+      const { bytesReceived, id, ...fields } = ev;
+      h.log[outcome === 'committed' ? 'info' : 'warn'](
+        { migration: id, ...fields, bytes: bytesReceived },
+        `incoming migration ${outcome}`,
+      );
+      h.incoming?.(ev);
+    };
     const malformed = offerProblem(offer);
     if (malformed) {
       link.send({ t: 'refuse', code: 'INVALID_ARGUMENT', message: `malformed offer: ${malformed}` });
       link.close();
+      report('refused', { code: 'INVALID_ARGUMENT', message: `malformed offer: ${malformed}` });
       return;
     }
     const refusal = this.checkOffer(offer);
     if (refusal) {
       link.send({ t: 'refuse', code: refusal.code, message: refusal.message });
       link.close();
+      report('refused', refusal);
       return;
     }
     const { worker } = h.worker(offer.service.name);
@@ -671,7 +719,8 @@ export class Migrations {
         } else if (m.t === 'final') {
           this.crashAt('destination-on-final');
           staged = true;
-          await this.install(link, offer.service.name, worker, m);
+          await this.install(link, offer.service.name, worker, m, String(offer.mid));
+          report('committed');
           return;
         } else {
           throw new RoamError('UNEXPECTED_FRAME', `unexpected ${m.t} in a migration`);
@@ -679,6 +728,7 @@ export class Migrations {
       }
     } catch (err) {
       if (staged) for (const inst of insts) await worker.request({ op: 'unstage', inst }).catch(() => {});
+      report('aborted', err as RoamError);
       throw err;
     }
   }
@@ -713,9 +763,10 @@ export class Migrations {
     service: string,
     worker: ServiceWorker,
     m: Extract<ToDestination, { t: 'final' }>,
+    mid: string,
   ): Promise<void> {
     const h = this.host;
-    h.log.debug({ step: 'final-received', at: wall() }, 'migration step');
+    h.log.debug({ migration: mid, step: 'final-received', at: wall() }, 'migration step');
     let settle!: (ok: boolean) => void;
     const committed = new Promise<boolean>((r) => {
       settle = r;
@@ -737,7 +788,7 @@ export class Migrations {
     }
     try {
       for (const f of m.frozen) await worker.request({ op: 'install', frozen: f });
-      h.log.debug({ step: 'installed', at: wall() }, 'migration step');
+      h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
       const epochs = m.claims.map((c) => c.epoch + 1);
       await h.store.compareAndSetMany(
         m.claims.map((c, i) => ({
@@ -755,11 +806,13 @@ export class Migrations {
       for (const f of m.frozen) {
         worker
           .request({ op: 'activate', inst: f.inst })
-          .catch((err: unknown) => h.log.error({ instance: f.inst, err: (err as Error).message }, 'activation failed'));
+          .catch((err: unknown) =>
+            h.log.error({ migration: mid, instance: f.inst, err: (err as Error).message }, 'activation failed'),
+          );
       }
       settle(true);
       link.send({ t: 'committed', epochs });
-      h.log.debug({ step: 'committed-sent', at: wall() }, 'migration step');
+      h.log.debug({ migration: mid, step: 'committed-sent', at: wall() }, 'migration step');
     } catch (err) {
       settle(false);
       for (const f of m.frozen) await worker.request({ op: 'unstage', inst: f.inst }).catch(() => {});

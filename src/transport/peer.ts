@@ -12,12 +12,15 @@ export interface PeerLog {
 
 /**
  * A cluster member's peer endpoint: JSON routes and WebSocket links that only members may use.
- * Every request and every link upgrade must carry a fresh cluster signature ({@link AUTH_HEADER}).
+ * Every request and every link upgrade must carry a fresh cluster signature ({@link AUTH_HEADER}),
+ * except the GET routes added with {@link PeerServer.openRoute} (`/metrics` on hosts).
  * A link's first message is the server's proof over the member's `x-roam-link-nonce`, so the
  * member knows it reached a member too.
  */
 export type PeerRoute = (body: unknown, req: IncomingMessage) => Promise<unknown>;
 export type PeerLink = (ws: WebSocket, req: IncomingMessage) => void;
+/** A route that writes its own response (any content type). */
+export type OpenRoute = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
 /** Status code for a RoamError code on the peer and directory APIs. */
 export function httpStatus(code: string): number {
@@ -58,6 +61,7 @@ export function sendError(res: ServerResponse, err: unknown): void {
 export class PeerServer {
   private readonly routes = new Map<string, PeerRoute>();
   private readonly links = new Map<string, PeerLink>();
+  private readonly open = new Map<string, OpenRoute>();
   private readonly verifier: RequestVerifier;
   private readonly wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 256 << 20 });
   private readonly http: Server;
@@ -85,6 +89,16 @@ export class PeerServer {
     this.routes.set(`${method} ${path}`, handler);
   }
 
+  /**
+   * Adds a GET route that needs NO cluster signature, for callers that cannot sign — a Prometheus
+   * scraper on `/metrics`. Whoever reaches the peer port can read what it returns, so only add
+   * read-only figures that are safe to show (no ids of sessions, no secrets). Its request body is
+   * never read. Every other route and link still requires a signature.
+   */
+  openRoute(path: string, handler: OpenRoute): void {
+    this.open.set(path, handler);
+  }
+
   /** Adds a WebSocket link endpoint. */
   link(path: string, handler: PeerLink): void {
     this.links.set(path, handler);
@@ -102,6 +116,8 @@ export class PeerServer {
 
   private async onRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://peer');
+    const open = req.method === 'GET' ? this.open.get(url.pathname) : undefined;
+    if (open) return open(req, res);
     const handler = this.routes.get(`${req.method} ${url.pathname}`);
     const body = await readBody(req, this.maxBody);
     this.verifier.verify(req.headers[AUTH_HEADER] as string | undefined, req.method ?? 'GET', req.url ?? '/', body);
