@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { CasOp, Store, StoreEntry, StoreEvent, WatchOptions } from '../store/index.js';
-import type { DrainStatus, MigrationRecord } from '../transport/cluster.js';
+import type { DrainStatus, MigrationReason, MigrationRecord } from '../transport/cluster.js';
 import type { HostEvents } from './host.js';
 import type { IncomingMigration } from './migration.js';
 
@@ -66,6 +66,9 @@ export const GAP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 export const STORE_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1];
 /** Buckets for pre-copy rounds; the default cap is 30 rounds. */
 const ROUND_BUCKETS = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 30];
+
+/** Migration reasons that may become a label value. */
+const REASONS = new Set<string>(['operator', 'drain', 'shutdown', 'self', 'policy'] satisfies MigrationReason[]);
 
 /** Store operation labels of `roam_host_store_op_duration_seconds`. */
 export type StoreOp = 'get' | 'put' | 'cas' | 'casMany' | 'delete' | 'list' | 'blob';
@@ -301,7 +304,9 @@ export class HostMetrics {
       }
     });
     host.on('migrationIn', (m: IncomingMigration) => {
-      migrations.inc({ direction: 'in', outcome: m.outcome, reason: m.reason ?? 'unknown' });
+      // The reason comes from the source's offer: only known values become a label.
+      const reason = m.reason !== undefined && REASONS.has(m.reason) ? m.reason : 'unknown';
+      migrations.inc({ direction: 'in', outcome: m.outcome, reason });
       bytes.inc({ direction: 'in' }, m.bytesReceived);
     });
     let lastDrain: string | undefined;
