@@ -87,6 +87,8 @@ interface SessionEntry {
   restoring: boolean;
   /** The session migrated away; what is left is a stub that redirects its client. */
   moved?: boolean;
+  /** Messages that arrived before the worker was told about the session, in order. */
+  early?: Array<{ ch: number; buf: ArrayBuffer }>;
 }
 
 interface InstanceEntry {
@@ -242,7 +244,10 @@ export class Host extends Emitter<HostEvents> {
           attachMigrated: (inst, service, key, sessions, epoch) =>
             this.attachMigrated(inst, service, key, sessions, epoch),
           membersOf: (inst) => [...(this.instances.get(inst)?.members ?? [])],
-          forgetStub: (sid) => this.server.forget(sid),
+          forgetStub: (sid, stub) => {
+            if (this.server.getSession(sid) === stub) this.server.forget(sid);
+            else stub.engine.retire();
+          },
           incoming: (ev) => this.emit('migrationIn', ev),
           emit(ev) {
             if (ev.type === 'migration') {
@@ -804,19 +809,42 @@ export class Host extends Emitter<HostEvents> {
     };
     this.sessions.set(session.id, entry);
     const { worker } = this.worker(service);
+    // Until the worker has the session, its messages wait here (the worker would drop them).
+    entry.early = [];
     this.wire(entry);
-    worker.request<string>({ op: 'open', sid: session.id, key: session.key }).then(
-      (inst) => {
+    const refuse = (err: RoamError) => {
+      entry.early = undefined;
+      this.log.warn({ session: session.id, code: err.code, err: err.message }, 'open refused');
+      session.engine.lose(err.code, err.message);
+    };
+    worker
+      .request<{ inst: string; key: string | undefined; running: boolean }>({
+        op: 'resolve',
+        sid: session.id,
+        key: session.key,
+      })
+      .then(async (r) => {
+        // A keyed instance that was suspended whole comes back from its continuation before the
+        // newcomer joins: joining a fresh, empty copy would later overwrite the stored one.
+        if (!r.running && r.key !== undefined) await this.restoreIfStored(service, r.inst, r.key);
+        const opened = worker.request<string>({ op: 'open', sid: session.id, key: session.key });
+        for (const m of entry.early ?? [])
+          worker.notify({ op: 'msg', sid: session.id, ch: m.ch, data: m.buf }, [m.buf]);
+        entry.early = undefined;
+        const inst = await opened;
         entry.inst = inst;
         const ie = this.instanceEntry(inst, service, session.key);
         ie.members.add(session.id);
         if (session.state === 'attached') this.markAttached(ie, session.id);
-      },
-      (err: RoamError) => {
-        this.log.warn({ session: session.id, code: err.code, err: err.message }, 'open refused');
-        session.engine.lose(err.code, err.message);
-      },
-    );
+      })
+      .catch(refuse);
+  }
+
+  /** Brings a keyed instance back from its complete continuation, if the Store has one. */
+  private async restoreIfStored(service: string, inst: string, key: string): Promise<void> {
+    await this.inFlight.get(`instance:${inst}`);
+    if (this.instances.has(inst)) return;
+    if (await this.store.get(K.instance(service, inst))) await this.ensureInstance(service, inst, key);
   }
 
   private instanceEntry(inst: string, service: string, key: string | undefined): InstanceEntry {
@@ -838,7 +866,8 @@ export class Host extends Emitter<HostEvents> {
       this.counters.bytesIn += data.length;
       // One copy into a buffer we own, then a transfer: the payload may be a view into a larger chunk.
       const buf = data.slice().buffer;
-      worker.notify({ op: 'msg', sid: session.id, ch, data: buf }, [buf]);
+      if (entry.early) entry.early.push({ ch, buf });
+      else worker.notify({ op: 'msg', sid: session.id, ch, data: buf }, [buf]);
     });
     session.on('event', (ev) => {
       if (entry.moved) return;

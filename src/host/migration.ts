@@ -94,8 +94,11 @@ export interface MigrationHost {
   ): void;
   /** Session ids of an instance, as the host tracks them. */
   membersOf(inst: string): string[];
-  /** A moved session's stub is no longer needed: drop it from the session server. */
-  forgetStub(sid: string): void;
+  /**
+   * A moved session's stub is no longer needed: drop it from the session server — unless the
+   * session came back meanwhile and the server now holds a newer object under the same id.
+   */
+  forgetStub(sid: string, stub: ServerSession): void;
   emit(ev: ClusterEvent): void;
   /** An incoming migration ended here, as destination (metrics; the source has its MigrationRecord). */
   incoming?(ev: IncomingMigration): void;
@@ -627,7 +630,7 @@ export class Migrations {
     if (!stub) return;
     clearTimeout(stub.timer);
     this.stubs.delete(sid);
-    this.host.forgetStub(sid);
+    this.host.forgetStub(sid, stub.session);
     if (this.stubs.size === 0) for (const w of this.stubWaiters.splice(0)) w();
   }
 
@@ -774,6 +777,9 @@ export class Migrations {
     // Build every session first: a RESUME racing the commit waits on `incoming`.
     const sessions = new Map<string, ServerSession[]>();
     for (const t of m.sessions) {
+      // The session left this host earlier and comes back: its old stub must not outlive it (a
+      // late "resumed" report would otherwise drop the new session with the stub's id).
+      this.dropStub(t.sid);
       const engine = SessionEngine.restore(t.transport, { ...h.engineOptions, clock: h.clock });
       const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
       const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
