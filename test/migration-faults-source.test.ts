@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { connect } from '../src/client/node.js';
 import { openSqliteStore } from '../src/store/index.js';
 import { ClusterKeys, type MigrationRecord } from '../src/transport/cluster.js';
 import { type ClusterHost, holders, location, startCluster, streaming } from './support/cluster.js';
 import { SERVICES } from './support/host.js';
-import { streamClient } from './support/stream-client.js';
+import { openStream } from './support/stream-client.js';
 
 /**
  * A host dies at each step of a migration (fault injection: the process SIGKILLs itself at the
@@ -43,13 +42,8 @@ describe('migration faults: the source side', { timeout: 180_000 }, () => {
     t.after(() => cluster.close());
     const [a] = cluster.hosts as [ClusterHost];
     const gw = await cluster.startGateway();
-    const s = connect(gw.urls[0] as string, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 100 } });
-    t.after(() => s.close());
-    const c = streamClient(s);
-    await s.ready;
-    s.send('start 1 1024');
-    c.startSending(2);
-    await c.until(30);
+    const c = await openStream(t, gw.urls[0] as string, { tickMs: 1, dirtyBytes: 1024, sendMs: 2, upTo: 30 });
+    const s = c.session;
     const { sessions } = await cluster.api<{ sessions: Array<{ instance: string; host: string }> }>(
       `/api/sessions?id=${s.id}`,
     );

@@ -4,7 +4,7 @@ import { connect } from '../src/client/node.js';
 import type { MigrationRecord } from '../src/transport/cluster.js';
 import { type Cluster, startCluster, whereIs } from './support/cluster.js';
 import { SERVICES } from './support/host.js';
-import { streamClient } from './support/stream-client.js';
+import { openStream } from './support/stream-client.js';
 
 /**
  * Live migration between real host processes, through the directory's API, with a client that
@@ -41,13 +41,8 @@ describe('live migration', { timeout: 180_000 }, () => {
 
   it('moves an instance 50 times back and forth at 1 kHz each way: nothing lost, duplicated or reordered', async (t) => {
     const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
-    const s = connect(a.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
-    t.after(() => s.close());
-    const c = streamClient(s);
-    await s.ready;
-    s.send('start 1');
-    c.startSending(1);
-    await c.until(50);
+    const c = await openStream(t, a.clientUrl, { tickMs: 1, upTo: 50 });
+    const s = c.session;
     const { instance } = await whereIs(cluster, s.id as string);
     const records: MigrationRecord[] = [];
     let onHost = a.id;
@@ -84,13 +79,8 @@ describe('live migration', { timeout: 180_000 }, () => {
 
   it('a service moves its own instance (ctx.moveTo) to a host with the labels it asks for', async (t) => {
     const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
-    const s = connect(a.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
-    t.after(() => s.close());
-    const c = streamClient(s);
-    await s.ready;
-    s.send('start 2');
-    c.startSending(2);
-    await c.until(10);
+    const c = await openStream(t, a.clientUrl);
+    const s = c.session;
     const moved = new Promise<string>((resolve) =>
       s.on('event', (ev) => {
         if (ev.type === 'moved') resolve(ev.url);
@@ -111,17 +101,8 @@ describe('live migration', { timeout: 180_000 }, () => {
 
   it('a client that changes local address while its session migrates resumes on the destination', async (t) => {
     const [a, b] = cluster.hosts as [(typeof cluster.hosts)[0], (typeof cluster.hosts)[0]];
-    const s = connect(a.clientUrl, {
-      service: 'stream',
-      localAddress: '127.0.0.2',
-      reconnect: { initialDelayMs: 5, maxDelayMs: 50 },
-    });
-    t.after(() => s.close());
-    const c = streamClient(s);
-    await s.ready;
-    s.send('start 2');
-    c.startSending(2);
-    await c.until(20);
+    const c = await openStream(t, a.clientUrl, { localAddress: '127.0.0.2', upTo: 20 });
+    const s = c.session;
     const { instance, host } = await whereIs(cluster, s.id as string);
     const to = host === a.id ? b.id : a.id;
     const moving = cluster.api<MigrationRecord>('/api/migrate', { instance, to });
@@ -148,13 +129,8 @@ describe('live migration', { timeout: 180_000 }, () => {
       (typeof cluster.hosts)[0],
       (typeof cluster.hosts)[0],
     ];
-    const s = connect(a.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
-    t.after(() => s.close());
-    const c = streamClient(s);
-    await s.ready;
-    s.send('start 2');
-    c.startSending(2);
-    await c.until(10);
+    const c = await openStream(t, a.clientUrl);
+    const s = c.session;
     const { instance } = await whereIs(cluster, s.id as string);
     await assert.rejects(cluster.api('/api/migrate', { instance, to: v2.id }), (err: Error & { code?: string }) => {
       assert.equal(err.code, 'MIGRATION_REFUSED');

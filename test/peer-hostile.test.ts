@@ -3,7 +3,6 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { pack } from 'msgpackr';
 import type { WebSocket } from 'ws';
-import { connect } from '../src/client/node.js';
 import { Host, silentLogger } from '../src/host/index.js';
 import { openSqliteStore, type Store } from '../src/store/index.js';
 import {
@@ -16,7 +15,7 @@ import {
 import { openPeerLink } from '../src/transport/peer.js';
 import { SERVICES } from './support/host.js';
 import { tempDir } from './support/server.js';
-import { streamClient } from './support/stream-client.js';
+import { openStream } from './support/stream-client.js';
 
 /**
  * A host's peer endpoint under hostile input: requests without, with stale, replayed or forged
@@ -116,13 +115,7 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
   });
 
   it('a migration link refuses members without the secret, and survives garbage from members', async (t) => {
-    const s = connect(clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
-    t.after(() => s.close());
-    const c = streamClient(s);
-    await s.ready;
-    s.send('start 2');
-    c.startSending(2);
-    await c.until(10);
+    const c = await openStream(t, clientUrl);
 
     const wrong = parseClusterSecret(newClusterSecret());
     await assert.rejects(

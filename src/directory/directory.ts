@@ -14,9 +14,11 @@ import {
   decodeJson,
   encodeJson,
   fingerprint,
+  type HostedInstance,
   type HostRecord,
   type LocationRecord,
   type MigrationRecord,
+  parseJsonBody,
   RequestVerifier,
   verifyIdentitySignature,
 } from '../transport/cluster.js';
@@ -114,14 +116,8 @@ export class DirectoryEvents extends Emitter<DirectoryEventMap> {
 }
 
 /** One row of `GET /api/instances`. */
-export interface InstanceInfo {
+export interface InstanceInfo extends HostedInstance {
   host: string;
-  instance: string;
-  service: string;
-  key: string | null;
-  sessions: number;
-  stateBytes: number;
-  epoch: number;
 }
 
 /** One row of `GET /api/sessions`. */
@@ -564,14 +560,7 @@ export class Directory {
     else this.authorizeOperator(req, signature, method, rawUrl, body, url);
     const route = this.routes.get(`${method} ${url.pathname}`);
     if (!route) throw new RoamError('NOT_FOUND', `no route ${method} ${url.pathname}`);
-    let parsed: unknown;
-    if (body.length > 0) {
-      try {
-        parsed = JSON.parse(Buffer.from(body).toString('utf8'));
-      } catch (cause) {
-        throw new RoamError('INVALID_ARGUMENT', 'request body is not JSON', { cause });
-      }
-    }
+    const parsed = parseJsonBody(body);
     const result = await route(parsed, url, req, res);
     if (result !== STREAMING) sendJson(res, 200, result);
   }

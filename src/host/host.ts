@@ -15,6 +15,7 @@ import {
   ClusterKeys,
   type DrainStatus,
   decodeJson,
+  type HostedInstance,
   type HostedService,
   type LocationRecord,
   type MigrationReason,
@@ -499,17 +500,8 @@ export class Host extends Emitter<HostEvents> {
   }
 
   /** Running instances with their size and sessions, for the directory and tools. */
-  async describeInstances(): Promise<
-    Array<{
-      instance: string;
-      service: string;
-      key: string | null;
-      sessions: number;
-      stateBytes: number;
-      epoch: number;
-    }>
-  > {
-    const out = [];
+  async describeInstances(): Promise<HostedInstance[]> {
+    const out: HostedInstance[] = [];
     for (const [name, { worker }] of this.workers) {
       for (const i of await worker.request<InstanceInfo[]>({ op: 'instances' })) {
         if (!this.instances.has(i.inst)) continue;

@@ -307,6 +307,26 @@ export async function readBody(req: IncomingMessage, limit = 1 << 20): Promise<U
   return new Uint8Array(Buffer.concat(chunks));
 }
 
+/** A request body as JSON (undefined when empty); `INVALID_ARGUMENT` when it is not JSON. */
+export function parseJsonBody(body: Uint8Array): unknown {
+  if (body.length === 0) return undefined;
+  try {
+    return JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
+  } catch (cause) {
+    throw new RoamError('INVALID_ARGUMENT', 'request body is not JSON', { cause });
+  }
+}
+
+/** One running instance as a host reports it (`GET /peer/instances`). */
+export interface HostedInstance {
+  instance: string;
+  service: string;
+  key: string | null;
+  sessions: number;
+  stateBytes: number;
+  epoch: number;
+}
+
 export interface ClusterFetchOptions {
   method?: 'GET' | 'POST';
   body?: unknown;

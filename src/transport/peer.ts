@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { RoamError } from '../wire/index.js';
-import { AUTH_HEADER, linkProof, RequestVerifier, readBody } from './cluster.js';
+import { AUTH_HEADER, linkProof, parseJsonBody, RequestVerifier, readBody } from './cluster.js';
 
 /** The little a peer endpoint logs; a pino logger fits. */
 export interface PeerLog {
@@ -122,14 +122,7 @@ export class PeerServer {
     const body = await readBody(req, this.maxBody);
     this.verifier.verify(req.headers[AUTH_HEADER] as string | undefined, req.method ?? 'GET', req.url ?? '/', body);
     if (!handler) throw new RoamError('NOT_FOUND', `no route ${req.method} ${url.pathname}`);
-    let parsed: unknown;
-    if (body.length > 0) {
-      try {
-        parsed = JSON.parse(Buffer.from(body).toString('utf8'));
-      } catch (cause) {
-        throw new RoamError('INVALID_ARGUMENT', 'request body is not JSON', { cause });
-      }
-    }
+    const parsed = parseJsonBody(body);
     sendJson(res, 200, await handler(parsed, req));
   }
 

@@ -1,4 +1,4 @@
-import type { Session } from '../../src/client/index.js';
+import { connect, type NodeConnectOptions, type Session } from '../../src/client/node.js';
 
 const dec = new TextDecoder();
 
@@ -125,5 +125,26 @@ export function streamClient(session: Session): StreamClient {
       });
     },
   };
+  return c;
+}
+
+/**
+ * Opens a `stream` session, starts the service ticking every `tickMs` (with `dirtyBytes`, it also
+ * rewrites a state value per tick) and the client sending every `sendMs`, and waits for `upTo`
+ * indices. The session is closed after the test.
+ */
+export async function openStream(
+  t: { after(fn: () => unknown): void },
+  url: string,
+  opts: { tickMs?: number; dirtyBytes?: number; sendMs?: number; upTo?: number } & Partial<NodeConnectOptions> = {},
+): Promise<StreamClient> {
+  const { tickMs = 2, dirtyBytes, sendMs = tickMs, upTo = 10, ...connectOpts } = opts;
+  const s = connect(url, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 }, ...connectOpts });
+  t.after(() => s.close());
+  const c = streamClient(s);
+  await s.ready;
+  s.send(dirtyBytes ? `start ${tickMs} ${dirtyBytes}` : `start ${tickMs}`);
+  c.startSending(sendMs);
+  await c.until(upTo);
   return c;
 }
