@@ -122,7 +122,7 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       throw new Error('event stream ended before the drain');
     })();
     const t0 = performance.now();
-    await cluster.api<DrainStatus>('/api/drain', { host: a.id, concurrency: 4, batchSize: 250 });
+    await cluster.api<DrainStatus>('/api/drain', { host: a.id, concurrency: 4, batchSize: 250, deadlineMs: 600_000 });
     const done = await over;
     const seconds = (performance.now() - t0) / 1000;
     await allIn;

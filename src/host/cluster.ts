@@ -79,9 +79,11 @@ export class ClusterMember {
     this.loop.enable();
   }
 
+  /** The period we were given, else the one the directory asked for at registration, else 1 s. */
   get heartbeatMs(): number {
-    return this.opts.heartbeatMs ?? 1000;
+    return this.opts.heartbeatMs ?? this.directoryHeartbeatMs ?? 1000;
   }
+  private directoryHeartbeatMs: number | undefined;
 
   /** The record this host registers. */
   record(): Omit<HostRecord, 'status' | 'registeredAt' | 'lastSeenAt'> {
@@ -151,11 +153,14 @@ export class ClusterMember {
     if (!directory) return;
     const record = this.record();
     const signature = signWithIdentity(this.opts.identity, new TextEncoder().encode(JSON.stringify(record)));
-    await clusterFetch(directory, '/cluster/register', {
+    const reply = await clusterFetch<{ heartbeatMs?: unknown }>(directory, '/cluster/register', {
       body: { record, signature },
       secret: this.opts.secret,
     });
     this.registered = true;
+    const ms = reply?.heartbeatMs;
+    // The directory judges silence by its own period: beat at that pace unless told otherwise.
+    if (typeof ms === 'number' && Number.isFinite(ms) && ms >= 50 && ms <= 60_000) this.directoryHeartbeatMs = ms;
   }
 
   private async beat(): Promise<void> {
@@ -202,7 +207,13 @@ export class ClusterMember {
       try {
         while (this.queue.length > 0) {
           const events = this.queue.slice(0, 500);
-          await clusterFetch(directory, '/cluster/events', { body: { events }, secret: this.opts.secret });
+          try {
+            await clusterFetch(directory, '/cluster/events', { body: { events }, secret: this.opts.secret });
+          } catch (err) {
+            // Refused as malformed: resending the same batch can never succeed, so drop it.
+            if ((err as RoamError).code !== 'INVALID_ARGUMENT') throw err;
+            this.host.log.error({ err: (err as Error).message, dropped: events.length }, 'directory refused events');
+          }
           this.queue.splice(0, events.length);
         }
       } catch (err) {
@@ -233,7 +244,19 @@ export class ClusterMember {
     want: { host?: string; labels?: Record<string, string> } = {},
     planned: Map<string, number> = new Map(),
   ): Promise<HostRecord> {
-    const all = await this.hosts();
+    return this.pickFrom(await this.hosts(), meta, want, planned);
+  }
+
+  /**
+   * {@link pickDestination} over a host table already read. Synchronous, so concurrent drain
+   * batches that update `planned` right after picking see each other's choices.
+   */
+  pickFrom(
+    all: HostRecord[],
+    meta: ServiceMeta,
+    want: { host?: string; labels?: Record<string, string> } = {},
+    planned: Map<string, number> = new Map(),
+  ): HostRecord {
     if (want.host) {
       const h = all.find((x) => x.id === want.host);
       if (!h) throw new RoamError('NOT_FOUND', `no host ${want.host} in the cluster`);

@@ -631,6 +631,9 @@ export class Host extends Emitter<HostEvents> {
       if (batches.length === 0) break;
       d.total = Math.max(d.total, d.moved + d.failed + batches.reduce((a, b) => a + b.insts.length, 0));
       let next = 0;
+      // One read of the host table per wave: picks are then synchronous, and each batch's choice
+      // (added to `planned` at once) steers the next one elsewhere.
+      const table = await member.hosts();
       const runOne = async (): Promise<void> => {
         for (let b = batches[next++]; b; b = batches[next++]) {
           if (Date.now() > deadline) return;
@@ -639,7 +642,7 @@ export class Host extends Emitter<HostEvents> {
           const sessions = live.reduce((a, i) => a + (this.instances.get(i)?.members.size ?? 0), 0);
           let dest: Awaited<ReturnType<ClusterMember['pickDestination']>>;
           try {
-            dest = await member.pickDestination(this.worker(b.service).meta, {}, planned);
+            dest = member.pickFrom(table, this.worker(b.service).meta, {}, planned);
           } catch (err) {
             d.message = (err as Error).message;
             for (const i of live) gaveUp.add(i);

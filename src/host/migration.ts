@@ -149,7 +149,8 @@ type ToDestination =
       sessions: number;
       reason?: MigrationReason;
     }
-  | { t: 'round'; n: number; deltas: InstanceDelta[] }
+  /** One part of a pre-copy round; the destination acknowledges the round after its `last` part. */
+  | { t: 'round'; n: number; deltas: InstanceDelta[]; last: boolean }
   | { t: 'final'; frozenAt: number; frozen: FrozenInstance[]; sessions: SessionTransfer[]; claims: LocationClaim[] }
   | { t: 'abort'; reason: string };
 
@@ -257,6 +258,55 @@ export async function readLocations(
       return { inst, revision: e?.revision ?? 0, record: e ? decodeJson<LocationRecord>(e.value) : undefined };
     }),
   );
+}
+
+/** Target size of one message of a pre-copy round. */
+const ROUND_PART_BYTES = 1 << 20;
+
+/**
+ * Splits a round into parts of about `limit` bytes. An instance's writes may span parts: only
+ * its first part carries `full` (replace the copy) and the deletions; sessions ride with its last.
+ */
+export function splitRound(deltas: InstanceDelta[], limit: number): InstanceDelta[][] {
+  const parts: InstanceDelta[][] = [];
+  let cur: InstanceDelta[] = [];
+  let size = 0;
+  const flush = () => {
+    if (cur.length > 0) parts.push(cur);
+    cur = [];
+    size = 0;
+  };
+  for (const d of deltas) {
+    const set = d.instance.set;
+    let start = 0;
+    let first = true;
+    while (first || start < set.length) {
+      let end = start;
+      let bytes = 0;
+      while (end < set.length && (end === start || size + bytes < limit)) {
+        const [k, v] = set[end] as [string, Uint8Array];
+        bytes += k.length + v.byteLength;
+        end++;
+      }
+      const lastPiece = end >= set.length;
+      cur.push({
+        ...d,
+        instance: {
+          set: set.slice(start, end),
+          deleted: first ? d.instance.deleted : [],
+          full: first ? d.instance.full : false,
+        },
+        sessions: lastPiece ? d.sessions : [],
+      });
+      size += bytes;
+      first = false;
+      start = end;
+      if (size >= limit) flush();
+      if (lastPiece) break;
+    }
+  }
+  flush();
+  return parts.length > 0 ? parts : [[]];
 }
 
 const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
@@ -419,7 +469,13 @@ export class Migrations {
         if (n === 0) rec.stateBytes = bytes;
         // Small enough: leave it for the stop-and-copy, which recomputes it from the same marks.
         if (n > 0 && bytes <= this.threshold) break;
-        link.send({ t: 'round', n, deltas });
+        // A big round goes in parts of about 1 MiB, yielding between them: packing and sending 16 MiB
+        // at once would block this thread (and the instance's other traffic) for tens of ms.
+        const parts = splitRound(deltas, ROUND_PART_BYTES);
+        for (let p = 0; p < parts.length; p++) {
+          if (p > 0) await new Promise<void>((r) => setImmediate(r));
+          link.send({ t: 'round', n, deltas: parts[p] as InstanceDelta[], last: p === parts.length - 1 });
+        }
         const ack = await link.next(this.stepTimeoutMs);
         if (ack.t !== 'ack' || ack.n !== n) throw new RoamError('INTERNAL', `expected ack of round ${n}`);
         for (const d of deltas) marks.set(d.inst, d.mark);
@@ -505,10 +561,8 @@ export class Migrations {
         }
       }
       if (frozenAt !== undefined) {
-        for (const inst of insts) {
-          await worker.request({ op: 'thaw', inst }).catch(() => {});
-          for (const sid of this.membersOf(inst)) h.session(sid)?.engine.thaw();
-        }
+        await Promise.all(insts.map((inst) => worker.request({ op: 'thaw', inst }).catch(() => {})));
+        for (const inst of insts) for (const sid of this.membersOf(inst)) h.session(sid)?.engine.thaw();
       } else if (throttle > 0) {
         for (const inst of insts) worker.notify({ op: 'throttle', inst, ms: 0 });
       }
@@ -578,10 +632,8 @@ export class Migrations {
     }
     // Clients first: every millisecond before their MOVE is part of the gap they see.
     for (const s of moved) this.keepStub(s, url);
-    for (const inst of insts) {
-      await worker.request({ op: 'release', inst }).catch(() => {});
-      this.outgoing.delete(inst);
-    }
+    await Promise.all(insts.map((inst) => worker.request({ op: 'release', inst }).catch(() => {})));
+    for (const inst of insts) this.outgoing.delete(inst);
     h.log.debug({ migration: rec.id, step: 'moves-sent', at: wall() }, 'migration step');
     rec.outcome = 'committed';
     rec.endedAt = Date.now();
@@ -717,8 +769,9 @@ export class Migrations {
         } else if (m.t === 'round') {
           this.crashAt('destination-on-round');
           staged = true;
-          for (const d of m.deltas) await worker.request({ op: 'stage', delta: d });
-          link.send({ t: 'ack', n: m.n });
+          // Pipelined: the worker takes them in order anyway; awaiting each would cost a round trip apiece.
+          await Promise.all(m.deltas.map((d) => worker.request({ op: 'stage', delta: d })));
+          if (m.last) link.send({ t: 'ack', n: m.n });
         } else if (m.t === 'final') {
           this.crashAt('destination-on-final');
           staged = true;
@@ -730,7 +783,7 @@ export class Migrations {
         }
       }
     } catch (err) {
-      if (staged) for (const inst of insts) await worker.request({ op: 'unstage', inst }).catch(() => {});
+      if (staged) await Promise.all(insts.map((inst) => worker.request({ op: 'unstage', inst }).catch(() => {})));
       report('aborted', err as RoamError);
       throw err;
     }
@@ -793,7 +846,7 @@ export class Migrations {
       );
     }
     try {
-      for (const f of m.frozen) await worker.request({ op: 'install', frozen: f });
+      await Promise.all(m.frozen.map((f) => worker.request({ op: 'install', frozen: f })));
       h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
       const epochs = m.claims.map((c) => c.epoch + 1);
       await h.store.compareAndSetMany(
@@ -821,7 +874,7 @@ export class Migrations {
       h.log.debug({ migration: mid, step: 'committed-sent', at: wall() }, 'migration step');
     } catch (err) {
       settle(false);
-      for (const f of m.frozen) await worker.request({ op: 'unstage', inst: f.inst }).catch(() => {});
+      await Promise.all(m.frozen.map((f) => worker.request({ op: 'unstage', inst: f.inst }).catch(() => {})));
       const e = err as RoamError;
       if (link.open) link.send({ t: 'failed', code: e.code ?? 'INTERNAL', message: e.message });
       throw err;
