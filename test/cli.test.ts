@@ -16,3 +16,12 @@ it('roam rejects bad arguments with a message and a non-zero exit code', async (
   assert.equal(help.code, 0);
   assert.match(help.stdout, /Example:/);
 });
+
+it('roam bench runs the repository suites and refuses an unknown one', async () => {
+  const help = await roam(['bench', '--help']);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /roam bench migration --quick/);
+  const unknown = await roam(['bench', 'nope']);
+  assert.equal(unknown.code, 2, 'the runner says the suite is unknown and exits 2');
+  assert.match(unknown.stderr, /unknown suite "nope"; available suites: session, suspend, migration, drain/);
+});

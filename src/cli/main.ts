@@ -1,4 +1,6 @@
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { createLogger } from '../host/logger.js';
@@ -286,6 +288,31 @@ export function buildProgram(): Command {
       await waitForSignal();
       await gateway.close();
       if (!opts.json) process.stdout.write('roam gateway stopped.\n');
+    });
+
+  program
+    .command('bench')
+    .description('run a benchmark suite (session, suspend, migration, drain) and write bench/results/<suite>.json')
+    .argument('<suite>', 'session | suspend | migration | drain')
+    .option('--quick', 'fewer iterations (a smoke run; figures are not comparable)')
+    .allowUnknownOption()
+    .addHelpText(
+      'after',
+      '\nThe suites ship with the source repository (bench/); run from a checkout.\n' +
+        'Example:\n  $ roam bench migration --quick\n  $ roam bench drain\n',
+    )
+    .action(async (suite: string, _opts: unknown, cmd: Command) => {
+      const runner = new URL('../../bench/run.ts', import.meta.url);
+      if (!existsSync(runner)) {
+        throw new RoamError('NOT_FOUND', 'benchmarks ship with the source repository: run roam bench from a checkout');
+      }
+      const child = spawn(
+        process.execPath,
+        ['--import', 'tsx', runner.pathname, suite, ...cmd.args.slice(1), ...(cmd.opts().quick ? ['--quick'] : [])],
+        { stdio: 'inherit' },
+      );
+      const [code] = (await once(child, 'exit')) as [number | null];
+      process.exitCode = code ?? ExitCode.FAILURE;
     });
 
   return program;
