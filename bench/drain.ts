@@ -36,6 +36,8 @@ export interface DrainResult {
   duplicated: number;
   batches: number;
   batch_commit_ms_p50: number;
+  /** Median per-phase time of a batch (source side), ms. */
+  batch_phases_ms_p50: { negotiate: number; precopy: number; freeze: number; commit: number };
   placement: Record<string, number>;
 }
 
@@ -152,6 +154,10 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
     const placement: Record<string, number> = {};
     for (const r of records) placement[r.to.slice(0, 12)] = (placement[r.to.slice(0, 12)] ?? 0) + r.sessions;
     const commits = records.map((r) => r.endedAt - r.startedAt).sort((x, y) => x - y);
+    const med = (f: (r: MigrationRecord) => number) => {
+      const xs = records.map(f).sort((x, y) => x - y);
+      return Math.round(xs[Math.floor(xs.length / 2)] ?? 0);
+    };
     return {
       suite: 'drain',
       at: new Date().toISOString(),
@@ -166,6 +172,12 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       duplicated,
       batches: records.length,
       batch_commit_ms_p50: commits[Math.floor(commits.length / 2)] ?? 0,
+      batch_phases_ms_p50: {
+        negotiate: med((r) => r.phases.negotiateMs),
+        precopy: med((r) => r.phases.precopyMs),
+        freeze: med((r) => r.phases.freezeMs),
+        commit: med((r) => r.phases.commitMs),
+      },
       placement,
     };
   } finally {
