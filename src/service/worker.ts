@@ -224,7 +224,9 @@ async function handle(m: ToWorker): Promise<unknown> {
       const key = normalizeKey(m.key);
       const inst = instanceId(key, m.sid);
       if (instances.get(inst)?.frozen || staged.has(inst)) {
-        throw new RoamError('UNAVAILABLE', `instance ${inst} is moving between hosts; open again in a moment`);
+        // Session-fatal on purpose: a transient code would have the client resume a session that
+        // never opened, forever. The application opens a new session (it lands where the room went).
+        throw new RoamError('SERVICE_ERROR', `instance ${inst} is moving between hosts; open a new session`);
       }
       const i = await ensureInstance(inst, key);
       const s = new WSession(m.sid, new StateStore());
