@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { pack, unpack } from 'msgpackr';
+import { pack, Unpackr } from 'msgpackr';
 import type { WebSocket } from 'ws';
 import { compatMatches, type Requirements } from '../service/define.js';
 import type { FrozenInstance, InstanceDelta, PrecopyMark, ServiceMeta } from '../service/protocol.js';
@@ -177,7 +177,7 @@ class Link<In, Out> {
       let m: In;
       try {
         if (!isBinary) throw new Error('text message');
-        m = unpack(data) as In;
+        m = linkUnpackr.unpack(data) as In;
         if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string') {
           throw new Error('not a message');
         }
@@ -261,20 +261,11 @@ export async function readLocations(
 }
 
 /**
- * Copies every value of a received delta into its own small buffer. Values unpacked from a link
- * message are views into that whole message; posting a view to the worker would structured-clone
- * the entire underlying buffer once per value (a 1 MiB part × 1,000 values = 1 GiB copied).
+ * Link messages decode with values copied into their own buffers. Views into the whole message
+ * would be structured-cloned whole, once per value, when staged into the service worker (a 1 MiB
+ * part × 1,000 values = 1 GiB copied), and would pin the message in memory besides.
  */
-function compact<T extends InstanceDelta>(d: T): T {
-  // `new Uint8Array(view)` copies; a Node Buffer's `slice()` would not.
-  const own = (set: Array<[string, Uint8Array]>): Array<[string, Uint8Array]> =>
-    set.map(([k, v]) => [k, new Uint8Array(v)]);
-  return {
-    ...d,
-    instance: { ...d.instance, set: own(d.instance.set) },
-    sessions: d.sessions.map(([sid, s]) => [sid, { ...s, set: own(s.set) }] as [string, typeof s]),
-  };
-}
+const linkUnpackr = new Unpackr({ copyBuffers: true, mapsAsObjects: true });
 
 /** Target size of one message of a pre-copy round. */
 const ROUND_PART_BYTES = 1 << 20;
@@ -786,7 +777,7 @@ export class Migrations {
           this.crashAt('destination-on-round');
           staged = true;
           // Pipelined: the worker takes them in order anyway; awaiting each would cost a round trip apiece.
-          await Promise.all(m.deltas.map((d) => worker.request({ op: 'stage', delta: compact(d) })));
+          await Promise.all(m.deltas.map((d) => worker.request({ op: 'stage', delta: d })));
           if (m.last) link.send({ t: 'ack', n: m.n });
         } else if (m.t === 'final') {
           this.crashAt('destination-on-final');
@@ -862,7 +853,7 @@ export class Migrations {
       );
     }
     try {
-      await Promise.all(m.frozen.map((f) => worker.request({ op: 'install', frozen: compact(f) })));
+      await Promise.all(m.frozen.map((f) => worker.request({ op: 'install', frozen: f })));
       h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
       const epochs = m.claims.map((c) => c.epoch + 1);
       await h.store.compareAndSetMany(
