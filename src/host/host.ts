@@ -186,7 +186,8 @@ export class Host extends Emitter<HostEvents> {
   private readonly member: ClusterMember | undefined;
   private peer: PeerServer | undefined;
   private readonly peerLinks = new Map<string, PeerLink>();
-  private bytes = 0;
+  /** Client bytes (in + out) already reported by a heartbeat. */
+  private bytesReported = 0;
   private drainState: DrainStatus | undefined;
   private drainDone: Promise<void> | undefined;
   private readonly fenceWatch = new AbortController();
@@ -215,8 +216,9 @@ export class Host extends Emitter<HostEvents> {
           services: () => this.hostedServices(),
           counts: () => ({ instances: this.instances.size, sessions: this.sessions.size }),
           takeBytes: () => {
-            const b = this.bytes;
-            this.bytes = 0;
+            const total = this.counters.bytesIn + this.counters.bytesOut;
+            const b = total - this.bytesReported;
+            this.bytesReported = total;
             return b;
           },
         },
@@ -857,7 +859,6 @@ export class Host extends Emitter<HostEvents> {
     const { worker } = this.worker(entry.service);
     session.on('message', (data, ch) => {
       if (entry.moved) return;
-      this.bytes += data.length;
       this.counters.bytesIn += data.length;
       // One copy into a buffer we own, then a transfer: the payload may be a view into a larger chunk.
       const buf = data.slice().buffer;
@@ -953,7 +954,6 @@ export class Host extends Emitter<HostEvents> {
       this.log.warn({ session: sid }, 'service sent to a session that is no longer here');
       return;
     }
-    this.bytes += data.length;
     this.counters.bytesOut += data.length;
     try {
       e.session.send(data, ch);
