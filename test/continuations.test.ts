@@ -234,14 +234,7 @@ describe('continuations', () => {
   it('an idle keyed instance is suspended whole (complete continuation) and restored with its state', async (t) => {
     const h = await startTestHost({ graceMs: 60_000 });
     t.after(() => h.close());
-    const gate = gatedConnector();
-    const carol = connect(h.url, {
-      service: 'room',
-      key: 'attic',
-      connector: gate,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
-    t.after(() => carol.close());
+    const { session: carol, gate } = awayClient(t, h.url, { service: 'room', key: 'attic' });
     await carol.ready;
     const echoed = new Promise<void>((r) => carol.once('message', () => r()));
     carol.send('first line');
@@ -265,9 +258,7 @@ describe('continuations', () => {
   it('a newcomer to a suspended keyed instance joins the restored room, not an empty copy', async (t) => {
     const h = await startTestHost({ graceMs: 60_000 });
     t.after(() => h.close());
-    const gate = gatedConnector();
-    const carol = connect(h.url, { service: 'room', key: 'den', connector: gate, reconnect: { initialDelayMs: 5 } });
-    t.after(() => carol.close());
+    const { session: carol, gate } = awayClient(t, h.url, { service: 'room', key: 'den' });
     await carol.ready;
     const echoed = new Promise<void>((r) => carol.once('message', () => r()));
     carol.send('kept line');
