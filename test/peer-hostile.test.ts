@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
-import { pack } from 'msgpackr';
+import { pack, unpack } from 'msgpackr';
 import type { WebSocket } from 'ws';
 import { Host, silentLogger } from '../src/host/index.js';
 import { openSqliteStore, type Store } from '../src/store/index.js';
@@ -124,28 +124,48 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
     );
 
     const closed = (ws: WebSocket) => new Promise<void>((resolve) => ws.once('close', () => resolve()));
-    const hostile: Array<Uint8Array | string> = [
-      'text, not binary',
-      new Uint8Array([0xc1, 0xff, 0x00]),
-      pack(42),
-      pack({ t: 'round', n: 0, deltas: [] }),
-      pack({ t: 'offer' }),
-      pack({
-        t: 'offer',
-        mid: 'x',
-        service: { name: 'stream', version: '1', compat: ['stream/1'] },
-        requires: {},
-        instances: 'nope',
-      }),
-      pack({ t: 'offer', mid: 'x', service: { name: 'nope', version: '1', compat: [] }, requires: {}, instances: [] }),
+    // Each hostile message, and what the host answers before it closes the link (undefined: it
+    // closes without a word — the message was not even a well-formed migration message).
+    const hostile: Array<[Uint8Array | string, string | undefined]> = [
+      ['text, not binary', undefined],
+      [new Uint8Array([0xc1, 0xff, 0x00]), undefined],
+      [pack(42), undefined],
+      [pack({ t: 'round', n: 0, deltas: [] }), undefined],
+      [pack({ t: 'offer' }), 'INVALID_ARGUMENT'],
+      [
+        pack({
+          t: 'offer',
+          mid: 'x',
+          service: { name: 'stream', version: '1', compat: ['stream/1'] },
+          requires: {},
+          instances: 'nope',
+        }),
+        'INVALID_ARGUMENT',
+      ],
+      [
+        pack({
+          t: 'offer',
+          mid: 'x',
+          service: { name: 'nope', version: '1', compat: [] },
+          requires: {},
+          instances: [{ inst: 'sx', key: null }],
+        }),
+        'UNKNOWN_SERVICE',
+      ],
     ];
-    for (const msg of hostile) {
+    for (const [msg, refusal] of hostile) {
       const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
-      const answers: unknown[] = [];
-      ws.on('message', (d: Buffer) => answers.push(d));
+      const answers: Array<{ t: string; code?: string }> = [];
+      ws.on('message', (d: Buffer) => answers.push(unpack(d) as { t: string; code?: string }));
       const done = closed(ws);
       ws.send(msg);
       await done;
+      assert.deepEqual(
+        answers.map((a) => a.code),
+        refusal === undefined ? [] : [refusal],
+        `answer to ${typeof msg === 'string' ? msg : Buffer.from(msg).toString('hex').slice(0, 40)}`,
+      );
+      if (refusal) assert.equal(answers[0]?.t, 'refuse');
     }
     // An accepted offer followed by a corrupt round: staged data is dropped, the host lives on.
     const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
