@@ -174,6 +174,13 @@ export function openPeerLink(
       perMessageDeflate: false,
       handshakeTimeout: timeoutMs,
       maxPayload: 256 << 20,
+      // Masking keeps script-chosen bytes from poisoning caching proxies between a browser and a
+      // server. A member-to-member link has neither, and masking costs a copy and an XOR of every
+      // byte at each end (megabytes per migration, all client traffic through a gateway); with an
+      // all-zero mask, ws skips both.
+      generateMask: (mask: Buffer) => {
+        mask.fill(0);
+      },
       headers: { [AUTH_HEADER]: sign('GET', `${url.pathname}${url.search}`), 'x-roam-link-nonce': nonce },
     });
     const timer = setTimeout(() => {
