@@ -53,6 +53,8 @@ export interface MemberHost {
 }
 
 const MAX_QUEUED_EVENTS = 10_000;
+/** How long an event waits for others to share its request to the directory. */
+const EVENT_BATCH_MS = 25;
 
 /**
  * A host's membership: registration with the directory (signed with its identity), heartbeats with
@@ -63,6 +65,7 @@ export class ClusterMember {
   status: HostStatus = 'up';
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
+  private flushTimer: NodeJS.Timeout | undefined;
   private readonly queue: ClusterEvent[] = [];
   private readonly loop = monitorEventLoopDelay({ resolution: 10 });
   private lastCpu = process.cpuUsage();
@@ -196,7 +199,13 @@ export class ClusterMember {
     if (!this.opts.directory) return;
     this.queue.push(ev);
     if (this.queue.length > MAX_QUEUED_EVENTS) this.queue.shift();
-    void this.flush();
+    // Events come in bursts (a migration's phases, a drain's batches). One request per burst, sent
+    // a little later, keeps an HTTP request off the host's thread in the middle of a freeze.
+    this.flushTimer ??= setTimeout(() => {
+      this.flushTimer = undefined;
+      void this.flush();
+    }, EVENT_BATCH_MS);
+    this.flushTimer.unref();
   }
 
   /** Sends queued events; on failure they stay queued for the next heartbeat. */
@@ -287,6 +296,8 @@ export class ClusterMember {
   async leave(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
     this.loop.disable();
     const directory = this.opts.directory;
     if (!directory) {
