@@ -3,7 +3,12 @@ import { once } from 'node:events';
 
 /** The CLI from source (through tsx), so tests never run a stale build in dist/. */
 export const ROAM = new URL('../../src/cli/main.ts', import.meta.url).pathname;
-export const NODE_ARGS = ['--import', 'tsx'];
+/**
+ * Node flags for every `roam` the tests and benchmarks start. ROAM_TEST_NODE_ARGS adds more, e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile the hosts of a benchmark (flags that
+ * NODE_OPTIONS does not accept).
+ */
+export const NODE_ARGS = ['--import', 'tsx', ...(process.env.ROAM_TEST_NODE_ARGS ?? '').split(' ').filter(Boolean)];
 
 /** Runs `roam <args>` to completion. */
 export function roam(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
