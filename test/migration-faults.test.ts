@@ -41,4 +41,42 @@ describe('migration faults', { timeout: 180_000 }, () => {
       assert.equal(migrations.find((m) => m.instances.includes(instance))?.outcome, 'aborted');
     });
   }
+
+  for (const mode of ['direct', 'gateway'] as const) {
+    it(`the destination refuses the final copy (${mode}): the client, already told to move, comes back`, async (t) => {
+      // Both hosts refuse as destinations: through the gateway, the session may start on either.
+      const env = { ROAM_TEST_FAULT: 'destination-refuses-final' };
+      const cluster = await startCluster({
+        hosts: [
+          { services, env },
+          { services, env },
+        ],
+      });
+      t.after(() => cluster.close());
+      const [h0, h1] = cluster.hosts as [ClusterHost, ClusterHost];
+      const via = mode === 'gateway' ? (await cluster.startGateway()).urls[0] : undefined;
+      const { s, c, instance } = await streaming(t, cluster, h0, via);
+      const [a, d] = (await holders(cluster, instance))[0] === h0.id ? [h0, h1] : [h1, h0];
+      const moves: string[] = [];
+      s.on('moved', (ev) => moves.push(ev.url));
+      await assert.rejects(cluster.api('/api/migrate', { instance, to: d.id }), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'MIGRATION_ABORTED');
+        return true;
+      });
+      const mark = c.received;
+      await c.until(mark + 200);
+      c.stopSending();
+      await c.untilEchoed();
+      assert.deepEqual(c.errors, []);
+      if (mode === 'direct') {
+        // The MOVE went out as the source froze, before the destination refused.
+        assert.deepEqual(moves, [d.clientUrl]);
+        assert.equal(s.url, a.clientUrl);
+      } else {
+        assert.deepEqual(moves, [], 'a gateway keeps MOVEs from its clients');
+      }
+      assert.deepEqual(await holders(cluster, instance), [a.id]);
+      assert.equal(d.child.exitCode, null, 'the destination is alive');
+    });
+  }
 });

@@ -218,19 +218,79 @@ describe('MOVE authentication', () => {
     assert.equal(s.url, other.url);
     await echoRoundTrip(s, 'at the new endpoint');
 
-    // A captured genuine MOVE, replayed later, is refused: its moveId is not newer.
+    // A captured genuine MOVE, replayed later, moves nothing: it names where the client already
+    // is. Pointed elsewhere under the same id, its MAC fails.
     const d = new FrameDecoder();
     const genuine = inj.received.flatMap((b) => d.push(b)).find((f) => f.type === FrameType.MOVE);
     assert.ok(genuine);
     const back = { ...genuine, url: srv.ws };
+    let movedAgain = 0;
+    s.on('moved', () => movedAgain++);
     inj.inject(encodeFrame(genuine));
     inj.inject(encodeFrame(back));
-    await warningCount(3);
+    await warningCount(2);
     await echoRoundTrip(s, 'not moved again');
     assert.equal(s.url, other.url);
+    assert.equal(movedAgain, 0);
     assert.deepEqual(
       warnings.map((w) => w.code),
-      ['MOVE_INVALID', 'MOVE_INVALID', 'MOVE_INVALID'],
+      ['MOVE_INVALID', 'MOVE_INVALID'],
     );
+  });
+});
+
+describe('tentative MOVE', () => {
+  it('resumes where it came from when the new endpoint cannot be reached, and follows a repeat of the MOVE', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    // A port that was just free: nothing listens there.
+    const gone = await srv.server.listen('ws://127.0.0.1:0');
+    await gone.close();
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
+    t.after(() => s.close());
+    const warnings: string[] = [];
+    s.on('warning', (w) => warnings.push(w.code));
+    await s.ready;
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+    for (const round of [1, 2]) {
+      const moved = nextEvent(s, 'moved');
+      const resumed = nextEvent(s, 'resumed');
+      // The second MOVE repeats the first (same id, same endpoint): the client follows it again
+      // because it came back in between.
+      assert.equal(await serverSide.move(gone.url), true);
+      assert.equal((await moved).url, gone.url);
+      await resumed;
+      assert.equal(s.url, srv.ws, `round ${round}: back where it came from`);
+      await echoRoundTrip(s, `still served, round ${round}`);
+    }
+    assert.ok(warnings.includes('TRANSPORT_CLOSED'), warnings.join());
+  });
+
+  it('resumes where it came from when the new endpoint says the migration aborted', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    let asked = 0;
+    const aborting = await startTestServer({
+      restore: async () => {
+        asked++;
+        throw new RoamError('MIGRATION_ABORTED', 'the migration bringing this session here was aborted');
+      },
+    });
+    t.after(() => aborting.close());
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
+    t.after(() => s.close());
+    const warnings: string[] = [];
+    s.on('warning', (w) => warnings.push(w.code));
+    await s.ready;
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+    const resumed = nextEvent(s, 'resumed');
+    assert.equal(await serverSide.move(aborting.ws), true);
+    await resumed;
+    assert.equal(s.url, srv.ws);
+    assert.equal(asked, 1);
+    assert.deepEqual(warnings, ['MIGRATION_ABORTED']);
+    await echoRoundTrip(s, 'served where it was');
   });
 });

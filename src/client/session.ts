@@ -129,6 +129,14 @@ export class Session extends Emitter<SessionEvents> {
   /** The server may send its whole replay window before we finish verifying WELCOME/RESUMED. */
   private readonly maxQueuedBytes: number;
   private lastMoveId = 0;
+  private lastMoveUrl: string | undefined;
+  /**
+   * Where the session was before its last MOVE, until the new endpoint resumes it. A MOVE is
+   * tentative: a host sends it as it freezes the session, before the destination has committed,
+   * so the new transport's setup overlaps the hand-over. If the destination cannot be reached or
+   * says the migration aborted, the session resumes where it came from.
+   */
+  private fallbackUrl: string | undefined;
   private wakeTimer: TimerHandle | undefined;
   private wake: (() => void) | undefined;
   private attempt = 0;
@@ -396,12 +404,17 @@ export class Session extends Emitter<SessionEvents> {
           conn.abort();
           return;
         }
+        this.fallbackUrl = undefined;
         this.engine.attach(conn, peerLast);
         return;
       } catch (err) {
         this.connecting = undefined;
         conn?.abort();
         const e = asRoamError(err);
+        if (this.fallbackUrl !== undefined && this._state === 'suspended') {
+          this.fallBack(e);
+          continue;
+        }
         if (FATAL_ON_RESUME.has(e.code)) {
           this.engine.lose(e.code, e.message);
           return;
@@ -467,12 +480,22 @@ export class Session extends Emitter<SessionEvents> {
     const key = this.key;
     const id = this._id;
     if (!key || !id) return;
-    const ok = (await verifyMove(key, id, f)) && f.moveId > this.lastMoveId;
-    if (!ok) {
+    if (!(await verifyMove(key, id, f))) {
       this.warn(new RoamError('MOVE_INVALID', `${codeText('MOVE_INVALID')} (moveId ${f.moveId})`));
       return;
     }
+    // A host repeats a MOVE (same id, same endpoint) to a client that came back before the move
+    // completed; any other id at or below the last one is a replay.
+    const repeat = f.moveId === this.lastMoveId && f.url === this.lastMoveUrl;
+    if (f.moveId < this.lastMoveId || (f.moveId === this.lastMoveId && !repeat)) {
+      this.warn(new RoamError('MOVE_INVALID', `${codeText('MOVE_INVALID')} (moveId ${f.moveId} reused)`));
+      return;
+    }
+    // Already on the way there: a repeat that crossed the first MOVE changes nothing.
+    if (repeat && this._url === f.url) return;
     this.lastMoveId = f.moveId;
+    this.lastMoveUrl = f.url;
+    this.fallbackUrl = this._url;
     this._url = f.url;
     this.publish({ type: 'moved', url: f.url });
     // The old endpoint has handed the session over; resume at the new one straight away.
@@ -488,6 +511,20 @@ export class Session extends Emitter<SessionEvents> {
     } catch (err) {
       this.warn(new RoamError('MALFORMED_FRAME', 'exported value could not be decoded', { cause: err }));
     }
+  }
+
+  /**
+   * Resuming after a tentative MOVE failed: try the endpoint the session came from. A definite
+   * answer from the new endpoint (migration aborted, no such session) ends the tentative move;
+   * an unreachable one keeps both endpoints in play, alternately, until one resumes the session.
+   */
+  private fallBack(e: RoamError): void {
+    const back = this.fallbackUrl as string;
+    const definite = e.code === 'MIGRATION_ABORTED' || FATAL_ON_RESUME.has(e.code);
+    this.fallbackUrl = definite ? undefined : this._url;
+    this._url = back;
+    if (definite) this.attempt = -1;
+    this.warn(e);
   }
 
   private warn(e: RoamError): void {

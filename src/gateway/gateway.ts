@@ -238,6 +238,8 @@ interface Switch {
   resume: Uint8Array | undefined;
   dropped: number;
   droppedBytes: number;
+  /** The host that sent the MOVE. */
+  from: RoutedHost | undefined;
 }
 
 /** One client transport and the host link(s) it is spliced to. */
@@ -252,6 +254,11 @@ class ClientSplice {
   private established = false;
   private routedFromCache = false;
   private sw: Switch | undefined;
+  /**
+   * After a re-splice, until the new host has resumed the session: the host that sent the MOVE,
+   * with the client's RESUME (which answers our nonce, so either host accepts it).
+   */
+  private back: { host: RoutedHost; nonce: Uint8Array; resume: Uint8Array } | undefined;
 
   constructor(
     private readonly ctx: Ctx,
@@ -375,6 +382,7 @@ class ClientSplice {
         break;
       case FrameType.RESUMED:
         this.established = true;
+        this.back = undefined;
         break;
       case FrameType.MOVE:
         // Never forwarded: the gateway follows the move itself.
@@ -395,6 +403,12 @@ class ClientSplice {
           // MOVE). Forget it and let the client retry: the next RESUME asks the directory.
           table.forgetSession(this.sid);
           this.fail('TRANSPORT_CLOSED', 'session not on the cached host; reconnect');
+          return;
+        }
+        if (!this.established && f.code === 'MIGRATION_ABORTED' && this.back) {
+          // The MOVE was tentative and the migration aborted: the session stayed on the host that
+          // sent the MOVE. The client's RESUME goes there instead; the client sees none of it.
+          this.returnTo(this.back);
           return;
         }
         if (this.sid && SESSION_FATAL_CODES.has(f.code)) table.forgetSession(this.sid);
@@ -445,6 +459,7 @@ class ClientSplice {
       resume: undefined,
       dropped: 0,
       droppedBytes: 0,
+      from,
     };
     this.sw = sw;
     this.phase = 'switching';
@@ -492,6 +507,52 @@ class ClientSplice {
     }
     sw.link = link;
     this.finishSwitch(sw, from);
+  }
+
+  /** Takes the client's RESUME back to the host a tentative MOVE came from. */
+  private returnTo(back: { host: RoutedHost; nonce: Uint8Array; resume: Uint8Array }): void {
+    const { ctx } = this;
+    const sid = this.sid as string;
+    this.back = undefined;
+    const old = this.up;
+    this.up = undefined;
+    if (old) hangUp(old);
+    const sw: Switch = {
+      nonce: back.nonce,
+      startedAt: ctx.clock.now(),
+      timer: undefined,
+      dest: back.host,
+      link: undefined,
+      resume: back.resume,
+      dropped: 0,
+      droppedBytes: 0,
+      from: undefined,
+    };
+    this.sw = sw;
+    this.phase = 'switching';
+    sw.timer = ctx.clock.setTimeout(() => {
+      sw.timer = undefined;
+      if (this.sw === sw) this.fail('HANDSHAKE_TIMEOUT', `re-splice not done within ${ctx.handshakeTimeoutMs} ms`);
+    }, ctx.handshakeTimeoutMs);
+    ctx.table.rememberSession(sid, back.host.id);
+    if (this.instance) ctx.table.rememberInstance(this.instance, back.host.id);
+    this.setHost(back.host);
+    ctx.log.info({ session: sid, host: back.host.id }, 'gateway: migration aborted; back to the source');
+    void ctx.openLink(back.host, back.nonce, this.remote).then(
+      (link) => {
+        if (this.sw !== sw) {
+          link.abort();
+          return;
+        }
+        sw.link = link;
+        this.finishSwitch(sw, undefined);
+      },
+      (err: unknown) => {
+        if (this.sw !== sw) return;
+        ctx.log.warn({ session: sid, host: back.host.id, err: asRoamError(err).message }, 'gateway: link back failed');
+        this.fail('TRANSPORT_CLOSED', `could not reach the session's host ${back.host.id}; reconnect`);
+      },
+    );
   }
 
   /**
@@ -546,6 +607,7 @@ class ClientSplice {
     if (sw.timer !== undefined) this.ctx.clock.clearTimeout(sw.timer);
     this.sw = undefined;
     this.phase = 'spliced';
+    this.back = sw.from ? { host: sw.from, nonce: sw.nonce, resume } : undefined;
     this.up = link;
     // The client is in a handshake again until RESUMED comes back.
     this.established = false;

@@ -718,7 +718,7 @@ export class Host extends Emitter<HostEvents> {
     const sessions = [...ie.members].map((sid) => this.sessions.get(sid)?.session);
     this.detachMigrated(inst);
     void this.worker(ie.service)
-      .worker.request({ op: 'release', inst })
+      .worker.request({ op: 'release', insts: [inst] })
       .catch(() => {});
     for (const s of sessions) s?.engine.lose('FENCED', `instance ${inst} is owned by ${owner} now`);
     this.emit('fenced', { instance: inst, owner });

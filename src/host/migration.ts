@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { pack, Unpackr } from 'msgpackr';
 import type { WebSocket } from 'ws';
 import { compatMatches, type Requirements } from '../service/define.js';
-import type { FrozenInstance, InstanceDelta, PrecopyMark, ServiceMeta } from '../service/protocol.js';
+import { ROUND_PART_BYTES } from '../service/precopy.js';
+import type { FrozenBatch, PrecopyMark, PrecopyRound, ServiceMeta } from '../service/protocol.js';
 import { type Clock, type EngineOptions, SessionEngine, type TransportSnapshot } from '../session/index.js';
 import type { Store } from '../store/index.js';
 import {
@@ -62,7 +63,15 @@ export interface MigrationOptions {
 }
 
 /** Where a crash test kills a host in the middle of a migration. */
-export type MigrationFault = 'destination-on-round' | 'destination-on-final' | 'source-after-commit';
+export type MigrationFault =
+  | 'destination-on-round'
+  | 'destination-on-final'
+  | 'source-after-commit'
+  /** Not a crash: the destination refuses the final copy, as if its install or commit failed. */
+  | 'destination-refuses-final';
+
+/** How long a destination answers MIGRATION_ABORTED for the sessions of an aborted migration. */
+const ABORTED_MEMORY_MS = 30_000;
 
 /** Per-hook delays of the auto-converge steps (ms). */
 const THROTTLE_STEPS = [0, 1, 2, 4, 8, 16, 32];
@@ -132,6 +141,12 @@ interface SessionTransfer {
   moveId: number;
 }
 
+/** The sessions of one incoming migration, from its offer until its verdict. */
+interface Arrival {
+  add(sid: string): void;
+  settle(sessions: Map<string, ServerSession> | undefined): void;
+}
+
 interface LocationClaim {
   inst: string;
   revision: number;
@@ -147,11 +162,14 @@ type ToDestination =
       requires: Requirements;
       instances: Array<{ inst: string; key: string | null }>;
       sessions: number;
+      /** The sessions that may come: their clients get a tentative MOVE before the commit. */
+      sids?: string[];
       reason?: MigrationReason;
     }
   /** One part of a pre-copy round; the destination acknowledges the round after its `last` part. */
-  | { t: 'round'; n: number; deltas: InstanceDelta[]; last: boolean }
-  | { t: 'final'; frozenAt: number; frozen: FrozenInstance[]; sessions: SessionTransfer[]; claims: LocationClaim[] }
+  | { t: 'round'; n: number; part: Uint8Array; last: boolean }
+  /** `frozen`: the packed FrozenInstance[] (precopy.ts), which only the destination's worker unpacks. */
+  | { t: 'final'; frozenAt: number; frozen: Uint8Array; sessions: SessionTransfer[]; claims: LocationClaim[] }
   | { t: 'abort'; reason: string };
 
 type ToSource =
@@ -267,53 +285,10 @@ export async function readLocations(
  */
 const linkUnpackr = new Unpackr({ copyBuffers: true, mapsAsObjects: true });
 
-/** Target size of one message of a pre-copy round. */
-const ROUND_PART_BYTES = 1 << 20;
-
-/**
- * Splits a round into parts of about `limit` bytes. An instance's writes may span parts: only
- * its first part carries `full` (replace the copy) and the deletions; sessions ride with its last.
- */
-export function splitRound(deltas: InstanceDelta[], limit: number): InstanceDelta[][] {
-  const parts: InstanceDelta[][] = [];
-  let cur: InstanceDelta[] = [];
-  let size = 0;
-  const flush = () => {
-    if (cur.length > 0) parts.push(cur);
-    cur = [];
-    size = 0;
-  };
-  for (const d of deltas) {
-    const set = d.instance.set;
-    let start = 0;
-    let first = true;
-    while (first || start < set.length) {
-      let end = start;
-      let bytes = 0;
-      while (end < set.length && (end === start || size + bytes < limit)) {
-        const [k, v] = set[end] as [string, Uint8Array];
-        bytes += k.length + v.byteLength;
-        end++;
-      }
-      const lastPiece = end >= set.length;
-      cur.push({
-        ...d,
-        instance: {
-          set: set.slice(start, end),
-          deleted: first ? d.instance.deleted : [],
-          full: first ? d.instance.full : false,
-        },
-        sessions: lastPiece ? d.sessions : [],
-      });
-      size += bytes;
-      first = false;
-      start = end;
-      if (size >= limit) flush();
-      if (lastPiece) break;
-    }
-  }
-  flush();
-  return parts.length > 0 ? parts : [[]];
+/** `b` with a buffer of its own, exactly its size, that can be transferred to a worker. */
+function ownedBytes(b: unknown): Uint8Array {
+  if (!(b instanceof Uint8Array)) throw new RoamError('MALFORMED_FRAME', 'migration payload is not bytes');
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
 }
 
 const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
@@ -327,6 +302,9 @@ function offerProblem(o: Extract<ToDestination, { t: 'offer' }>): string | undef
   if (typeof o.requires !== 'object' || o.requires === null) return 'requires must be an object';
   if (!Array.isArray(o.instances) || o.instances.length === 0 || o.instances.length > 10_000) {
     return 'instances must be a non-empty array of at most 10,000';
+  }
+  if (o.sids !== undefined && (!isStrings(o.sids) || o.sids.length > 1_000_000 || o.sids.some((x) => x.length > 64))) {
+    return 'sids must be an array of session ids';
   }
   for (const i of o.instances as unknown[]) {
     const x = i as { inst?: unknown; key?: unknown } | null;
@@ -438,8 +416,7 @@ export class Migrations {
       this.links.add(ws);
       ws.once('close', () => this.links.delete(ws));
       link = new Link<ToSource, ToDestination>(ws);
-      let sessions = 0;
-      for (const inst of insts) sessions += this.membersOf(inst).length;
+      const sids = insts.flatMap((inst) => this.membersOf(inst));
       link.send({
         t: 'offer',
         mid: rec.id,
@@ -447,7 +424,8 @@ export class Migrations {
         service: { name: meta.name, version: meta.version, compat: meta.compat },
         requires: meta.requires,
         instances: insts.map((inst) => ({ inst, key: h.instance(inst)?.key ?? null })),
-        sessions,
+        sessions: sids.length,
+        sids,
         reason,
       });
       const answer = await link.next(this.stepTimeoutMs);
@@ -462,35 +440,35 @@ export class Migrations {
       rec.phases.negotiateMs = tNeg - t0;
 
       // Pre-copy.
-      const marks = new Map<string, PrecopyMark | undefined>();
+      let marks: Array<PrecopyMark | undefined> = insts.map(() => undefined);
       let previous = Number.POSITIVE_INFINITY;
       // Without pre-copy (the baseline the benchmark compares against), everything goes in the
       // stop-and-copy.
       const maxRounds = opts.precopy === false ? 0 : this.maxRounds;
       for (let n = 0; n < maxRounds; n++) {
         const tr = performance.now();
-        const deltas = await Promise.all(
-          insts.map((inst) => worker.request<InstanceDelta>({ op: 'precopy', inst, since: marks.get(inst) })),
-        );
-        const bytes = deltas.reduce((a, d) => a + d.bytes, 0);
+        h.log.debug({ migration: rec.id, step: `round-${n}`, at: wall() }, 'migration step');
+        const round = await worker.request<PrecopyRound>({
+          op: 'precopy',
+          insts,
+          since: marks,
+          partBytes: ROUND_PART_BYTES,
+        });
+        const { bytes, keys } = round;
         if (n === 0) rec.stateBytes = bytes;
         // Small enough: leave it for the stop-and-copy, which recomputes it from the same marks.
         if (n > 0 && bytes <= this.threshold) break;
-        // A big round goes in parts of about 1 MiB, yielding between them: packing and sending 16 MiB
-        // at once would block this thread (and the instance's other traffic) for tens of ms.
-        const parts = splitRound(deltas, ROUND_PART_BYTES);
-        for (let p = 0; p < parts.length; p++) {
+        // Parts go out as the worker packed them, yielding between them so that this thread keeps
+        // serving the instance's clients while a big round leaves.
+        for (let p = 0; p < round.parts.length; p++) {
           if (p > 0) await new Promise<void>((r) => setImmediate(r));
-          link.send({ t: 'round', n, deltas: parts[p] as InstanceDelta[], last: p === parts.length - 1 });
+          link.send({ t: 'round', n, part: round.parts[p] as Uint8Array, last: p === round.parts.length - 1 });
         }
+        h.log.debug({ migration: rec.id, step: `round-${n}-sent`, at: wall() }, 'migration step');
         const ack = await link.next(this.stepTimeoutMs);
         if (ack.t !== 'ack' || ack.n !== n) throw new RoamError('INTERNAL', `expected ack of round ${n}`);
-        for (const d of deltas) marks.set(d.inst, d.mark);
+        marks = round.marks;
         const ms = performance.now() - tr;
-        const keys = deltas.reduce(
-          (a, d) => a + d.instance.set.length + d.sessions.reduce((b, [, s]) => b + s.set.length, 0),
-          0,
-        );
         rec.rounds.push({ bytes, keys, ms });
         // The dirty set is not shrinking: the instance dirties state faster than the link carries
         // it. Slow its hooks down a step (QEMU's auto-converge) until it converges.
@@ -510,29 +488,44 @@ export class Migrations {
       progress('freeze');
       frozenAt = Date.now();
       h.log.debug({ migration: rec.id, step: 'freeze', at: wall() }, 'migration step');
-      for (const inst of insts) for (const sid of this.membersOf(inst)) h.session(sid)?.engine.freeze();
-      const frozen = await Promise.all(
-        insts.map((inst) => worker.request<FrozenInstance>({ op: 'freeze', inst, since: marks.get(inst) })),
-      );
+      // Clients first: each attached client gets its MOVE now, before the final copy and the
+      // commit, so that its new transport and handshake overlap them. The destination holds the
+      // client's RESUME until it has committed; if the migration aborts, it answers
+      // MIGRATION_ABORTED and the client resumes here again (the MOVE is tentative until then).
+      const attached = new Set<string>();
+      for (const inst of insts) {
+        for (const sid of this.membersOf(inst)) {
+          const s = h.session(sid);
+          if (!s) continue;
+          s.engine.freeze();
+          // Reserved even for a detached session: its stub sends this MOVE if the client returns.
+          s.prepareMove(dest.clientUrl);
+          if (s.state === 'attached') {
+            attached.add(sid);
+            void s.move(dest.clientUrl);
+          }
+        }
+      }
+      const batch = await worker.request<FrozenBatch>({ op: 'freeze', insts, since: marks });
+      rec.finalDirtyBytes = batch.bytes;
       const transfers: SessionTransfer[] = [];
-      for (const f of frozen) {
-        rec.finalDirtyBytes += f.bytes;
-        for (const m of f.members) {
-          const s = h.session(m.sid);
+      for (const f of batch.instances) {
+        for (const sid of f.sids) {
+          const s = h.session(sid);
           if (!s) continue;
           // Frozen: every `send` the worker made before answering is already in the engine.
           s.engine.freeze();
           transfers.push({
-            sid: m.sid,
+            sid,
             inst: f.inst,
             service: first.service,
             key: f.key ?? null,
             sessionId: s.sessionId,
             sessionKey: s.keyForResume.raw,
             transport: s.engine.exportTransport(),
-            attached: s.state === 'attached',
-            // The MOVE this host is about to send takes the next id; the destination continues after it.
-            moveId: s.moveId + 1,
+            attached: attached.has(sid),
+            // The destination's MOVEs continue after the one this host prepared.
+            moveId: s.moveId,
           });
         }
       }
@@ -540,7 +533,7 @@ export class Migrations {
       // Without pre-copy the stop-and-copy carried the whole state.
       if (rec.rounds.length === 0) rec.stateBytes = rec.finalDirtyBytes;
       const claims = locs.map((l) => ({ inst: l.inst, revision: l.revision, epoch: l.record?.epoch ?? 0 }));
-      link.send({ t: 'final', frozenAt, frozen, sessions: transfers, claims });
+      link.send({ t: 'final', frozenAt, frozen: batch.frozen, sessions: transfers, claims });
       finalSent = true;
       h.log.debug({ migration: rec.id, step: 'final-sent', at: wall() }, 'migration step');
       const tFinal = performance.now();
@@ -568,7 +561,7 @@ export class Migrations {
         }
       }
       if (frozenAt !== undefined) {
-        await Promise.all(insts.map((inst) => worker.request({ op: 'thaw', inst }).catch(() => {})));
+        await worker.request({ op: 'thaw', insts }).catch(() => {});
         for (const inst of insts) for (const sid of this.membersOf(inst)) h.session(sid)?.engine.thaw();
       } else if (throttle > 0) {
         for (const inst of insts) worker.notify({ op: 'throttle', inst, ms: 0 });
@@ -639,7 +632,7 @@ export class Migrations {
     }
     // Clients first: every millisecond before their MOVE is part of the gap they see.
     for (const s of moved) this.keepStub(s, url);
-    await Promise.all(insts.map((inst) => worker.request({ op: 'release', inst }).catch(() => {})));
+    await worker.request({ op: 'release', insts }).catch(() => {});
     for (const inst of insts) this.outgoing.delete(inst);
     h.log.debug({ migration: rec.id, step: 'moves-sent', at: wall() }, 'migration step');
     rec.outcome = 'committed';
@@ -766,8 +759,10 @@ export class Migrations {
     }
     const { worker } = h.worker(offer.service.name);
     const insts = offer.instances.map((i) => i.inst);
+    const arrival = this.expect(offer.sids ?? []);
     link.send({ t: 'accept' });
     let staged = false;
+    const pending: Array<Promise<unknown>> = [];
     try {
       for (;;) {
         const m = await link.next(this.stepTimeoutMs);
@@ -776,13 +771,24 @@ export class Migrations {
         } else if (m.t === 'round') {
           this.crashAt('destination-on-round');
           staged = true;
-          // Pipelined: the worker takes them in order anyway; awaiting each would cost a round trip apiece.
-          await Promise.all(m.deltas.map((d) => worker.request({ op: 'stage', delta: d })));
-          if (m.last) link.send({ t: 'ack', n: m.n });
+          // Pipelined: the worker takes parts in order anyway; the round is acknowledged once all
+          // of its parts are staged.
+          const part = ownedBytes(m.part);
+          const done = worker.request({ op: 'stage', part }, [part.buffer as ArrayBuffer]);
+          done.catch(() => {});
+          pending.push(done);
+          if (m.last) {
+            await Promise.all(pending.splice(0));
+            link.send({ t: 'ack', n: m.n });
+          }
         } else if (m.t === 'final') {
           this.crashAt('destination-on-final');
+          if (this.fault === 'destination-refuses-final') {
+            throw new RoamError('INTERNAL', 'fault injection: the destination refuses the final copy');
+          }
           staged = true;
-          await this.install(link, offer.service.name, worker, m, String(offer.mid));
+          await Promise.all(pending.splice(0));
+          await this.install(link, offer, worker, m, arrival);
           report('committed');
           return;
         } else {
@@ -790,10 +796,58 @@ export class Migrations {
         }
       }
     } catch (err) {
-      if (staged) await Promise.all(insts.map((inst) => worker.request({ op: 'unstage', inst }).catch(() => {})));
+      arrival.settle(undefined);
+      await Promise.allSettled(pending);
+      if (staged) await worker.request({ op: 'unstage', insts }).catch(() => {});
       report('aborted', err as RoamError);
       throw err;
     }
+  }
+
+  /**
+   * Sessions an incoming migration brings: a RESUME for one of them (its client got a tentative
+   * MOVE as the source froze) waits for the verdict. Committed: the session, or undefined if it
+   * did not come after all. Aborted: MIGRATION_ABORTED, which sends the client back.
+   */
+  private expect(sids: readonly string[]): Arrival {
+    let settle!: (sessions: Map<string, ServerSession> | undefined) => void;
+    const verdict = new Promise<Map<string, ServerSession> | undefined>((r) => {
+      settle = r;
+    });
+    const waits = new Map<string, Promise<ServerSession | undefined>>();
+    const add = (sid: string) => {
+      if (waits.has(sid)) return;
+      const p = verdict.then((sessions) => {
+        if (!sessions) {
+          throw new RoamError(
+            'MIGRATION_ABORTED',
+            'the migration bringing this session here was aborted; resume where you came from',
+          );
+        }
+        return sessions.get(sid);
+      });
+      // Nobody may be waiting: an abort must not become an unhandled rejection.
+      p.catch(() => {});
+      waits.set(sid, p);
+      this.incoming.set(sid, p);
+    };
+    for (const sid of sids) add(sid);
+    let settled = false;
+    return {
+      add,
+      settle: (sessions) => {
+        if (settled) return;
+        settled = true;
+        settle(sessions);
+        const forget = () => {
+          for (const [sid, p] of waits) if (this.incoming.get(sid) === p) this.incoming.delete(sid);
+        };
+        // After an abort, a late RESUME (a slow client, a gateway's re-splice) still hears
+        // MIGRATION_ABORTED, which sends it back, rather than UNKNOWN_SESSION, which ends it.
+        if (sessions) forget();
+        else setTimeout(forget, ABORTED_MEMORY_MS).unref();
+      },
+    };
   }
 
   private checkOffer(offer: Extract<ToDestination, { t: 'offer' }>): { code: CodeName; message: string } | undefined {
@@ -823,70 +877,65 @@ export class Migrations {
 
   private async install(
     link: Link<ToDestination, ToSource>,
-    service: string,
+    offer: Extract<ToDestination, { t: 'offer' }>,
     worker: ServiceWorker,
     m: Extract<ToDestination, { t: 'final' }>,
-    mid: string,
+    arrival: Arrival,
   ): Promise<void> {
     const h = this.host;
+    const mid = String(offer.mid);
+    const service = offer.service.name;
+    const insts = offer.instances;
     h.log.debug({ migration: mid, step: 'final-received', at: wall() }, 'migration step');
-    let settle!: (ok: boolean) => void;
-    const committed = new Promise<boolean>((r) => {
-      settle = r;
-    });
-    // Build every session first: a RESUME racing the commit waits on `incoming`.
+    // The worker installs while the sessions are rebuilt here.
+    const frozen = ownedBytes(m.frozen);
+    const installed = worker.request({ op: 'install', frozen }, [frozen.buffer as ArrayBuffer]);
+    installed.catch(() => {});
     const sessions = new Map<string, ServerSession[]>();
-    for (const t of m.sessions) {
-      // The session left this host earlier and comes back: its old stub must not outlive it (a
-      // late "resumed" report would otherwise drop the new session with the stub's id).
-      this.dropStub(t.sid);
-      const engine = SessionEngine.restore(t.transport, { ...h.engineOptions, clock: h.clock });
-      const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
-      const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
-      s.moveId = t.moveId;
-      const list = sessions.get(t.inst) ?? [];
-      list.push(s);
-      sessions.set(t.inst, list);
-      this.incoming.set(
-        t.sid,
-        committed.then((ok) => (ok ? s : undefined)),
-      );
-    }
+    const bySid = new Map<string, ServerSession>();
     try {
-      await Promise.all(m.frozen.map((f) => worker.request({ op: 'install', frozen: f })));
+      for (const t of m.sessions) {
+        // The session left this host earlier and comes back: its old stub must not outlive it (a
+        // late "resumed" report would otherwise drop the new session with the stub's id).
+        this.dropStub(t.sid);
+        const engine = SessionEngine.restore(t.transport, { ...h.engineOptions, clock: h.clock });
+        const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
+        const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
+        s.moveId = t.moveId;
+        const list = sessions.get(t.inst) ?? [];
+        list.push(s);
+        sessions.set(t.inst, list);
+        bySid.set(t.sid, s);
+        arrival.add(t.sid);
+      }
+      await installed;
       h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
-      const epochs = m.claims.map((c) => c.epoch + 1);
+      const epochs = new Map(m.claims.map((c) => [c.inst, c.epoch + 1]));
       await h.store.compareAndSetMany(
-        m.claims.map((c, i) => ({
+        m.claims.map((c) => ({
           key: ClusterKeys.location(c.inst),
           expectedRevision: c.revision,
-          value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs[i] as number }),
+          value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs.get(c.inst) as number }),
         })),
       );
-      m.frozen.forEach((f, i) => {
-        const epoch = epochs[m.claims.findIndex((c) => c.inst === f.inst)] ?? epochs[i] ?? 0;
-        h.attachMigrated(f.inst, service, f.key, sessions.get(f.inst) ?? [], epoch);
-      });
+      for (const i of insts) {
+        h.attachMigrated(i.inst, service, i.key ?? undefined, sessions.get(i.inst) ?? [], epochs.get(i.inst) ?? 0);
+      }
       // Not awaited: the worker handles messages in order, so activation precedes anything a
       // resumed client sends, and the verdict reaches the source one worker round trip sooner.
-      for (const f of m.frozen) {
-        worker
-          .request({ op: 'activate', inst: f.inst })
-          .catch((err: unknown) =>
-            h.log.error({ migration: mid, instance: f.inst, err: (err as Error).message }, 'activation failed'),
-          );
-      }
-      settle(true);
-      link.send({ t: 'committed', epochs });
+      worker
+        .request({ op: 'activate', insts: insts.map((i) => i.inst) })
+        .catch((err: unknown) => h.log.error({ migration: mid, err: (err as Error).message }, 'activation failed'));
+      arrival.settle(bySid);
+      link.send({ t: 'committed', epochs: m.claims.map((c) => c.epoch + 1) });
       h.log.debug({ migration: mid, step: 'committed-sent', at: wall() }, 'migration step');
     } catch (err) {
-      settle(false);
-      await Promise.all(m.frozen.map((f) => worker.request({ op: 'unstage', inst: f.inst }).catch(() => {})));
+      arrival.settle(undefined);
+      await installed.catch(() => {});
+      await worker.request({ op: 'unstage', insts: insts.map((i) => i.inst) }).catch(() => {});
       const e = err as RoamError;
       if (link.open) link.send({ t: 'failed', code: e.code ?? 'INTERNAL', message: e.message });
       throw err;
-    } finally {
-      for (const t of m.sessions) this.incoming.delete(t.sid);
     }
     this.watchResumes(link, m, sessions);
   }

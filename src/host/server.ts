@@ -85,6 +85,7 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
   readonly id: string;
   /** Last MOVE id sent. Travels with the session (migration) since the client refuses a reused id. */
   moveId = 0;
+  private prepared: { id: number; url: string } | undefined;
 
   constructor(
     readonly sessionId: Uint8Array,
@@ -118,9 +119,19 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
    * false when no transport is attached (the client will learn on its next resume attempt).
    */
   async move(url: string, token: Uint8Array = new Uint8Array(0)): Promise<boolean> {
-    const moveId = ++this.moveId;
+    // Repeating the prepared MOVE keeps its id: the client takes a repeat, not a second move.
+    const moveId = this.prepared?.url === url ? this.prepared.id : this.prepareMove(url);
     const mac = await moveMac(this.sessionKey, this.sessionId, moveId, url, token);
     return this.engine.writeControl(encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac }));
+  }
+  /**
+   * Takes the next MOVE id for `url` without sending anything: a migration hands the id to the
+   * destination (which continues after it) before it knows whether it will have to send it.
+   */
+  prepareMove(url: string): number {
+    const id = ++this.moveId;
+    this.prepared = { id, url };
+    return id;
   }
   /** @internal */
   get keyForResume(): SessionKey {

@@ -73,12 +73,13 @@ export class ServiceWorker {
     return this.worker.resourceLimits ?? {};
   }
 
-  request<T = unknown>(m: Request): Promise<T> {
+  /** Sends a request; `transfer` lists buffers of `m` handed over rather than copied. */
+  request<T = unknown>(m: Request, transfer?: ArrayBuffer[]): Promise<T> {
     if (this.exited) return Promise.reject(new RoamError('SERVICE_ERROR', 'service worker has exited'));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.worker.postMessage({ ...m, id } as ToWorker);
+      this.worker.postMessage({ ...m, id } as ToWorker, transfer ?? []);
     });
   }
 

@@ -24,8 +24,10 @@ const MAX_REMOTE_CHARS = 200;
  *
  * Trust: only cluster members can open the link (PeerServer checks the request signature, which
  * covers the query string, and remembers its nonce, so a captured link request cannot be
- * replayed). The gateway guarantees the nonce is fresh and handed to one host once. The session
- * key never reaches the gateway: it only relays a proof the client computed.
+ * replayed). The gateway guarantees the nonce is fresh and handed to one host at a time: to a
+ * second only when the first answered the RESUME with MIGRATION_ABORTED (the session stayed on the
+ * host that sent the tentative MOVE), so a proof resumes a session at most once. The session key
+ * never reaches the gateway: it only relays a proof the client computed.
  */
 export function spliceLink(server: SessionServer, opts: { clock?: Clock } = {}): PeerLink {
   return (ws: WebSocket, req: IncomingMessage): void => {

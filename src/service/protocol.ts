@@ -84,24 +84,45 @@ export type ToWorker =
   | { op: 'restoreInstance'; id: number; inst: string; key: string | undefined; snapshot: InstanceSnapshot }
   | { op: 'stats'; id: number }
   | { op: 'instances'; id: number }
-  /** Source side of a migration. `since` undefined = round 0 (everything). */
-  | { op: 'precopy'; id: number; inst: string; since: PrecopyMark | undefined }
-  /** Stops timers and intake; replies with the remainder. The instance stays, frozen. */
-  | { op: 'freeze'; id: number; inst: string; since: PrecopyMark | undefined }
-  /** The migration aborted: the frozen instance runs again. */
-  | { op: 'thaw'; id: number; inst: string }
-  /** The migration committed elsewhere: drop the frozen instance without calling any hook. */
-  | { op: 'release'; id: number; inst: string }
+  /**
+   * Source side of a migration: one pre-copy round of every instance in `insts`, packed in parts
+   * of about `partBytes` (see precopy.ts). `since[k]` undefined = round 0 (everything).
+   */
+  | { op: 'precopy'; id: number; insts: string[]; since: Array<PrecopyMark | undefined>; partBytes: number }
+  /** Stops timers and intake; replies with the packed remainder. The instances stay, frozen. */
+  | { op: 'freeze'; id: number; insts: string[]; since: Array<PrecopyMark | undefined> }
+  /** The migration aborted: the frozen instances run again. */
+  | { op: 'thaw'; id: number; insts: string[] }
+  /** The migration committed elsewhere: drop the frozen instances without calling any hook. */
+  | { op: 'release'; id: number; insts: string[] }
   /** Slows the instance's hooks by `ms` each, so a state-dirtying instance lets pre-copy converge. */
   | { op: 'throttle'; inst: string; ms: number }
-  /** Destination side: builds (or updates) an inactive copy from a pre-copy round. */
-  | { op: 'stage'; id: number; delta: InstanceDelta }
-  /** Destination: the last round; the staged copy becomes a frozen instance with its sessions. */
-  | { op: 'install'; id: number; frozen: FrozenInstance }
+  /** Destination side: builds (or updates) inactive copies from one packed part of a round. */
+  | { op: 'stage'; id: number; part: Uint8Array }
+  /** Destination: the packed remainder; the staged copies become frozen instances with their sessions. */
+  | { op: 'install'; id: number; frozen: Uint8Array }
   /** Destination: the migration committed; timers run and each session's resume hook runs. */
-  | { op: 'activate'; id: number; inst: string }
-  /** Destination: the migration failed; forget the staged or installed copy. */
-  | { op: 'unstage'; id: number; inst: string };
+  | { op: 'activate'; id: number; insts: string[] }
+  /** Destination: the migration failed; forget the staged or installed copies. */
+  | { op: 'unstage'; id: number; insts: string[] };
+
+/** A pre-copy round as the source's worker hands it over: packed parts (transferred) and the new marks. */
+export interface PrecopyRound {
+  parts: Uint8Array[];
+  /** Per instance, in request order. */
+  marks: PrecopyMark[];
+  /** Encoded bytes of the round (keys and values), all instances together. */
+  bytes: number;
+  keys: number;
+}
+
+/** The stop-and-copy remainder as the source's worker hands it over. */
+export interface FrozenBatch {
+  /** Packed FrozenInstance[] (transferred). */
+  frozen: Uint8Array;
+  bytes: number;
+  instances: Array<{ inst: string; key: string | undefined; sids: string[] }>;
+}
 
 /** What the main thread needs to know about the service before routing sessions to it. */
 export interface ServiceMeta {

@@ -139,10 +139,15 @@ function containsNeverUsed(root: unknown): boolean {
   return false;
 }
 
-function checkDecodes(key: string, bytes: unknown): Uint8Array {
+function checkBytes(key: string, bytes: unknown): Uint8Array {
   if (!(bytes instanceof Uint8Array)) {
     throw new RoamError('CONTINUATION_CORRUPT', `state value of ${JSON.stringify(key)} is not bytes`);
   }
+  return bytes;
+}
+
+function checkDecodes(key: string, raw: unknown): Uint8Array {
+  const bytes = checkBytes(key, raw);
   let decoded: unknown;
   try {
     decoded = codec.unpack(bytes);
@@ -344,10 +349,13 @@ export class StateStore {
    * Applies a delta from another store's {@link dirtySince}: deletions first, then writes. All or
    * nothing: every value is checked and the final size computed before anything changes.
    *
+   * With `trusted` (a delta from a cluster member's own store, see precopy.ts) values are adopted
+   * as given, without decoding each one to check it or copying it.
+   *
    * @throws RoamError `CONTINUATION_CORRUPT` for malformed input or a value that does not
    *   decode; `STATE_LIMIT` if the result would exceed `maxBytes`.
    */
-  applyDelta(delta: StateDelta): void {
+  applyDelta(delta: StateDelta, opts: { trusted?: boolean } = {}): void {
     if (typeof delta !== 'object' || delta === null || !Array.isArray(delta.set) || !Array.isArray(delta.deleted)) {
       throw new RoamError('CONTINUATION_CORRUPT', 'state delta is not { set, deleted }');
     }
@@ -370,7 +378,7 @@ export class StateStore {
       }
       const [k, raw] = pair as [unknown, unknown];
       checkKey(k, 'CONTINUATION_CORRUPT');
-      const bytes = checkDecodes(k, raw);
+      const bytes = opts.trusted ? checkBytes(k, raw) : checkDecodes(k, raw);
       writes.push([k, bytes]);
       after.set(k, utf8ByteLength(k) + bytes.length);
     }

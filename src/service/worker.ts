@@ -1,13 +1,16 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { RoamError } from '../wire/index.js';
 import type { InstanceContext, ResumeHow, ServiceDefinition, ServiceSession } from './define.js';
+import { packOwned, splitRound, unpackFrozen, unpackPart } from './precopy.js';
 import type {
   FromWorker,
+  FrozenBatch,
   FrozenInstance,
   InstanceDelta,
   InstanceInfo,
   InstanceSnapshot,
   PrecopyMark,
+  PrecopyRound,
   SessionSnapshot,
   StateDeltaMsg,
   ToWorker,
@@ -342,36 +345,68 @@ async function handle(m: ToWorker): Promise<unknown> {
       return out;
     }
     case 'precopy': {
-      const i = instanceOf(m.inst);
-      return i.run(() => deltaOf(i, m.since));
+      const deltas: InstanceDelta[] = [];
+      for (let k = 0; k < m.insts.length; k++) {
+        const i = instanceOf(m.insts[k] as string);
+        deltas.push(await i.run(() => deltaOf(i, m.since[k])));
+      }
+      // Values are immutable once stored (a write replaces them), so packing after the instance
+      // ran on still sends the state as of each mark; whatever it wrote since is in the next round.
+      const parts: Uint8Array[] = [];
+      for (const part of splitRound(deltas, m.partBytes)) {
+        if (parts.length > 0) await new Promise((r) => setImmediate(r));
+        parts.push(packOwned(part));
+      }
+      let keys = 0;
+      for (const d of deltas) keys += d.instance.set.length + d.sessions.reduce((a, [, x]) => a + x.set.length, 0);
+      const round: PrecopyRound = {
+        parts,
+        marks: deltas.map((d) => d.mark),
+        bytes: deltas.reduce((a, d) => a + d.bytes, 0),
+        keys,
+      };
+      return new Transfer(
+        round,
+        parts.map((p) => p.buffer as ArrayBuffer),
+      );
     }
     case 'freeze': {
-      const i = instanceOf(m.inst);
-      return i.run((): FrozenInstance => {
-        i.frozen = true;
-        i.throttleMs = 0;
-        const timers = i.timers.suspend();
-        const members = [...i.sessions.values()].map((s) => ({
-          sid: s.id,
-          exported: s.state.exported(),
-          dependsOn: [...s.dependencies],
-        }));
-        return { ...deltaOf(i, m.since), timers, members };
-      });
+      const out: FrozenInstance[] = [];
+      for (let k = 0; k < m.insts.length; k++) {
+        const i = instanceOf(m.insts[k] as string);
+        out.push(
+          await i.run((): FrozenInstance => {
+            i.frozen = true;
+            i.throttleMs = 0;
+            const timers = i.timers.suspend();
+            const members = [...i.sessions.values()].map((s) => ({
+              sid: s.id,
+              exported: s.state.exported(),
+              dependsOn: [...s.dependencies],
+            }));
+            return { ...deltaOf(i, m.since[k]), timers, members };
+          }),
+        );
+      }
+      const frozen = packOwned(out);
+      const batch: FrozenBatch = {
+        frozen,
+        bytes: out.reduce((a, f) => a + f.bytes, 0),
+        instances: out.map((f) => ({ inst: f.inst, key: f.key, sids: f.members.map((x) => x.sid) })),
+      };
+      return new Transfer(batch, [frozen.buffer as ArrayBuffer]);
     }
     case 'thaw': {
-      const i = instanceOf(m.inst);
-      i.frozen = false;
-      i.throttleMs = 0;
-      i.timers.resume();
+      for (const inst of m.insts) {
+        const i = instanceOf(inst);
+        i.frozen = false;
+        i.throttleMs = 0;
+        i.timers.resume();
+      }
       return undefined;
     }
     case 'release': {
-      const i = instances.get(m.inst);
-      if (!i) return undefined;
-      i.timers.dispose();
-      for (const sid of i.sessions.keys()) bySession.delete(sid);
-      instances.delete(m.inst);
+      for (const inst of m.insts) release(inst);
       return undefined;
     }
     case 'throttle': {
@@ -380,55 +415,45 @@ async function handle(m: ToWorker): Promise<unknown> {
       return undefined;
     }
     case 'stage': {
-      const d = m.delta;
-      if (instances.has(d.inst)) throw new RoamError('INVALID_STATE', `instance ${d.inst} already runs here`);
-      let st = staged.get(d.inst);
-      if (!st) {
-        st = { key: d.key, state: new StateStore(), sessions: new Map() };
-        staged.set(d.inst, st);
-      }
-      applyInto(st.state, d.instance);
-      for (const [sid, delta] of d.sessions) {
-        let ss = st.sessions.get(sid);
-        if (!ss) {
-          ss = new StateStore();
-          st.sessions.set(sid, ss);
-        }
-        applyInto(ss, delta);
-      }
+      for (const d of unpackPart(m.part)) stage(d);
       return undefined;
     }
     case 'install': {
-      const f = m.frozen;
-      await handle({ op: 'stage', id: -1, delta: f });
-      const st = staged.get(f.inst) as NonNullable<ReturnType<typeof staged.get>>;
-      staged.delete(f.inst);
-      const i = new Instance(f.inst, f.key, st.state, f.timers);
-      i.timers.suspend();
-      i.frozen = true;
-      for (const mem of f.members) {
-        const ss = st.sessions.get(mem.sid) ?? new StateStore();
-        const ws = new WSession(mem.sid, StateStore.restore(ss.snapshot(), { exported: mem.exported }));
-        for (const d of mem.dependsOn) ws.dependencies.add(d);
-        i.sessions.set(mem.sid, ws);
-        bySession.set(mem.sid, i);
+      const list = unpackFrozen(m.frozen);
+      for (const f of list) stage(f);
+      for (const f of list) {
+        const st = staged.get(f.inst) as NonNullable<ReturnType<typeof staged.get>>;
+        staged.delete(f.inst);
+        const i = new Instance(f.inst, f.key, st.state, f.timers);
+        i.timers.suspend();
+        i.frozen = true;
+        for (const mem of f.members) {
+          const ss = st.sessions.get(mem.sid) ?? new StateStore();
+          const ws = new WSession(mem.sid, StateStore.restore(ss.snapshot(), { exported: mem.exported }));
+          for (const d of mem.dependsOn) ws.dependencies.add(d);
+          i.sessions.set(mem.sid, ws);
+          bySession.set(mem.sid, i);
+        }
+        instances.set(f.inst, i);
       }
-      instances.set(f.inst, i);
       return undefined;
     }
     case 'activate': {
-      const i = instanceOf(m.inst);
-      i.frozen = false;
-      i.timers.resume();
-      for (const s of i.sessions.values()) {
-        i.run(() => def.resume?.(i.ctx, s, 'migrated')).catch((err) => report(err, i.id));
+      for (const inst of m.insts) {
+        const i = instanceOf(inst);
+        i.frozen = false;
+        i.timers.resume();
+        for (const s of i.sessions.values()) {
+          i.run(() => def.resume?.(i.ctx, s, 'migrated')).catch((err) => report(err, i.id));
+        }
       }
       return undefined;
     }
     case 'unstage': {
-      staged.delete(m.inst);
-      const i = instances.get(m.inst);
-      if (i?.frozen) await handle({ op: 'release', id: -1, inst: m.inst });
+      for (const inst of m.insts) {
+        staged.delete(inst);
+        if (instances.get(inst)?.frozen) release(inst);
+      }
       return undefined;
     }
     case 'stats': {
@@ -473,7 +498,45 @@ function deltaOf(i: Instance, since: PrecopyMark | undefined): InstanceDelta {
 
 function applyInto(store: StateStore, d: StateDeltaMsg): void {
   if (d.full) for (const k of store.keys()) store.delete(k);
-  store.applyDelta({ set: d.set, deleted: d.deleted });
+  // From a cluster member's own store, over an authenticated link: values are adopted as they
+  // are (views into the received part) instead of being decoded and copied one by one.
+  store.applyDelta({ set: d.set, deleted: d.deleted }, { trusted: true });
+}
+
+/** Adds one instance's pre-copy delta to its staged (inactive) copy. */
+function stage(d: InstanceDelta): void {
+  if (instances.has(d.inst)) throw new RoamError('INVALID_STATE', `instance ${d.inst} already runs here`);
+  let st = staged.get(d.inst);
+  if (!st) {
+    st = { key: d.key, state: new StateStore(), sessions: new Map() };
+    staged.set(d.inst, st);
+  }
+  applyInto(st.state, d.instance);
+  for (const [sid, delta] of d.sessions) {
+    let ss = st.sessions.get(sid);
+    if (!ss) {
+      ss = new StateStore();
+      st.sessions.set(sid, ss);
+    }
+    applyInto(ss, delta);
+  }
+}
+
+/** Drops an instance without calling any hook (it runs elsewhere now, or never ran here). */
+function release(inst: string): void {
+  const i = instances.get(inst);
+  if (!i) return;
+  i.timers.dispose();
+  for (const sid of i.sessions.keys()) bySession.delete(sid);
+  instances.delete(inst);
+}
+
+/** A reply whose buffers are handed to the main thread rather than copied. */
+class Transfer<T> {
+  constructor(
+    readonly value: T,
+    readonly list: ArrayBuffer[],
+  ) {}
 }
 
 /** Channels from 0xff00 up are roam's own; exported values travel on 0xffff as `key\0msgpack-bytes`. */
@@ -491,7 +554,9 @@ port.on('message', (m: ToWorker) => {
   const id = 'id' in m ? m.id : undefined;
   handle(m).then(
     (value) => {
-      if (id !== undefined) post({ t: 'reply', id, ok: true, value });
+      if (id === undefined) return;
+      if (value instanceof Transfer) post({ t: 'reply', id, ok: true, value: value.value }, value.list);
+      else post({ t: 'reply', id, ok: true, value });
     },
     (err: unknown) => {
       const e = err instanceof RoamError ? err : new RoamError('SERVICE_ERROR', (err as Error)?.message ?? String(err));

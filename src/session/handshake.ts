@@ -218,7 +218,10 @@ export async function serverResumed(
   conn.writeFrame({ type: FrameType.RESUMED, lastSeq: lastReceivedSeq, mac: proof });
 }
 
-/** MAC for a MOVE frame. The moveId must increase, so a captured MOVE cannot be replayed. */
+/**
+ * MAC for a MOVE frame. The moveId must increase, so a captured MOVE cannot be replayed; only a
+ * repeat of the last MOVE (same id, same endpoint) is taken again.
+ */
 export function moveMac(
   key: SessionKey,
   sessionId: Uint8Array,

@@ -219,8 +219,17 @@ export async function location(cluster: Cluster, instance: string): Promise<Loca
   }
 }
 
-export async function streaming(t: { after(fn: () => unknown): void }, cluster: Cluster, host: ClusterHost) {
-  const s = connect(host.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
+/**
+ * A `stream` session on `host` (or through `via`, a gateway URL) that ticks at 1 kHz and sends
+ * its own numbers every 2 ms; resolves once it flows, with the instance it runs in.
+ */
+export async function streaming(
+  t: { after(fn: () => unknown): void },
+  cluster: Cluster,
+  host: ClusterHost,
+  via?: string,
+) {
+  const s = connect(via ?? host.clientUrl, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 50 } });
   t.after(() => s.close());
   const c = streamClient(s);
   await s.ready;
