@@ -94,9 +94,19 @@ describe('systemWallClock', () => {
     const before = Date.now();
     const now = systemWallClock.now();
     assert.ok(now >= before && now <= Date.now());
-    const h = systemWallClock.setTimeout(() => assert.fail('a cleared timer fired'), 0) as { hasRef(): boolean };
+    const h = systemWallClock.setTimeout(() => assert.fail('a cleared timer fired'), 5) as { hasRef(): boolean };
     assert.equal(h.hasRef(), false);
     systemWallClock.clearTimeout(h);
+  });
+
+  it('fires a deadline already past on the next turn (not after the 1 ms minimum), and cancels it too', async () => {
+    const fired: string[] = [];
+    const cancelled = systemWallClock.setTimeout(() => fired.push('cancelled'), 0);
+    systemWallClock.clearTimeout(cancelled);
+    systemWallClock.setTimeout(() => fired.push('due'), 0);
+    // Immediates run first in, first out: one queued now runs after the due timer's turn.
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(fired, ['due']);
   });
 });
 

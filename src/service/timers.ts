@@ -17,11 +17,20 @@ export interface WallClock {
 export const systemWallClock: WallClock = Object.freeze({
   now: () => Date.now(),
   setTimeout: (fn: () => void, ms: number): unknown => {
+    // A deadline already past (timers resuming after a migration's freeze, a late interval) fires
+    // on the next turn of the event loop rather than after Node's 1 ms minimum timeout.
+    // (Not unref'd: an unref'd immediate does not stop the loop from blocking in poll, so it
+    // would wait for unrelated I/O. It runs on the next turn, so it holds nothing open for long.)
+    if (ms <= 0 && typeof setImmediate === 'function') return { immediate: setImmediate(fn) };
     const t = setTimeout(fn, ms);
     (t as { unref?: () => void }).unref?.();
     return t;
   },
-  clearTimeout: (h: unknown) => clearTimeout(h as Parameters<typeof clearTimeout>[0]),
+  clearTimeout: (h: unknown) => {
+    if (typeof h === 'object' && h !== null && 'immediate' in h) {
+      clearImmediate((h as { immediate: Parameters<typeof clearImmediate>[0] }).immediate);
+    } else clearTimeout(h as Parameters<typeof clearTimeout>[0]);
+  },
 });
 
 /**
