@@ -506,7 +506,9 @@ export class Migrations {
           }
         }
       }
+      h.log.debug({ migration: rec.id, step: 'moves-queued', at: wall() }, 'migration step');
       const batch = await worker.request<FrozenBatch>({ op: 'freeze', insts, since: marks });
+      h.log.debug({ migration: rec.id, step: 'worker-frozen', at: wall() }, 'migration step');
       rec.finalDirtyBytes = batch.bytes;
       const transfers: SessionTransfer[] = [];
       for (const f of batch.instances) {
@@ -908,6 +910,7 @@ export class Migrations {
         bySid.set(t.sid, s);
         arrival.add(t.sid);
       }
+      h.log.debug({ migration: mid, step: 'sessions-built', at: wall() }, 'migration step');
       await installed;
       h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
       const epochs = new Map(m.claims.map((c) => [c.inst, c.epoch + 1]));
@@ -918,6 +921,7 @@ export class Migrations {
           value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs.get(c.inst) as number }),
         })),
       );
+      h.log.debug({ migration: mid, step: 'cas-done', at: wall() }, 'migration step');
       for (const i of insts) {
         h.attachMigrated(i.inst, service, i.key ?? undefined, sessions.get(i.inst) ?? [], epochs.get(i.inst) ?? 0);
       }
