@@ -5,6 +5,7 @@
  *   npx tsx bench/cpuprofile-top.ts <file.cpuprofile>... [--top=25] [--filter=substring]
  *
  * `--filter` keeps only functions whose url contains the substring (e.g. `/src/` for roam code).
+ * `--last=MS` looks only at the profile's last MS milliseconds (e.g. a drain that ends the process).
  */
 import { readFile } from 'node:fs/promises';
 import { relative } from 'node:path';
@@ -39,7 +40,7 @@ function label(cf: CallFrame): string {
   return where ? `${name}  ${where}:${cf.lineNumber + 1}` : name;
 }
 
-async function summarise(file: string, top: number, filter: string | undefined): Promise<void> {
+async function summarise(file: string, top: number, filter: string | undefined, lastMs?: number): Promise<void> {
   const p = JSON.parse(await readFile(file, 'utf8')) as Profile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
@@ -48,13 +49,17 @@ async function summarise(file: string, top: number, filter: string | undefined):
     for (const c of n.children ?? []) parent.set(c, n.id);
   }
   const selfUs = new Map<number, number>();
+  const from = lastMs === undefined ? p.startTime : Math.max(p.startTime, p.endTime - lastMs * 1000);
+  let at = p.startTime;
   for (let i = 0; i < p.samples.length; i++) {
     const id = p.samples[i] as number;
+    at += (p.timeDeltas[i] ?? 0) as number;
+    if (at < from) continue;
     // timeDeltas[i] is the time before sample i; attribute the gap after it (standard approach).
     const dt = (p.timeDeltas[i + 1] ?? 0) as number;
     selfUs.set(id, (selfUs.get(id) ?? 0) + dt);
   }
-  const totalUs = p.endTime - p.startTime;
+  const totalUs = p.endTime - from;
   const self = new Map<string, number>();
   const incl = new Map<string, number>();
   for (const [id, us] of selfUs) {
@@ -97,17 +102,21 @@ async function summarise(file: string, top: number, filter: string | undefined):
 async function main(): Promise<void> {
   let top = 25;
   let filter: string | undefined;
+  let last: number | undefined;
   const files: string[] = [];
   for (const a of process.argv.slice(2)) {
     if (a.startsWith('--top=')) top = Number(a.slice(6));
     else if (a.startsWith('--filter=')) filter = a.slice(9);
+    else if (a.startsWith('--last=')) last = Number(a.slice(7));
     else files.push(a);
   }
   if (files.length === 0) {
-    process.stderr.write('usage: tsx bench/cpuprofile-top.ts <file.cpuprofile>... [--top=N] [--filter=substr]\n');
+    process.stderr.write(
+      'usage: tsx bench/cpuprofile-top.ts <file.cpuprofile>... [--top=N] [--filter=substr] [--last=ms]\n',
+    );
     process.exit(2);
   }
-  for (const f of files) await summarise(f, top, filter);
+  for (const f of files) await summarise(f, top, filter, last);
 }
 
 void main();
