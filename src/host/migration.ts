@@ -488,26 +488,34 @@ export class Migrations {
       progress('freeze');
       frozenAt = Date.now();
       h.log.debug({ migration: rec.id, step: 'freeze', at: wall() }, 'migration step');
+      const members: ServerSession[] = [];
+      for (const inst of insts) {
+        for (const sid of this.membersOf(inst)) {
+          const s = h.session(sid);
+          if (!s) continue;
+          // Inbound DATA is held from here on, so the worker's frozen copy misses none of it.
+          s.engine.freeze();
+          members.push(s);
+        }
+      }
+      // The worker freezes while this thread tells the clients.
+      const frozen = worker.request<FrozenBatch>({ op: 'freeze', insts, since: marks });
+      frozen.catch(() => {});
       // Clients first: each attached client gets its MOVE now, before the final copy and the
       // commit, so that its new transport and handshake overlap them. The destination holds the
       // client's RESUME until it has committed; if the migration aborts, it answers
       // MIGRATION_ABORTED and the client resumes here again (the MOVE is tentative until then).
       const attached = new Set<string>();
-      for (const inst of insts) {
-        for (const sid of this.membersOf(inst)) {
-          const s = h.session(sid);
-          if (!s) continue;
-          s.engine.freeze();
-          // Reserved even for a detached session: its stub sends this MOVE if the client returns.
-          s.prepareMove(dest.clientUrl);
-          if (s.state === 'attached') {
-            attached.add(sid);
-            void s.move(dest.clientUrl);
-          }
+      for (const s of members) {
+        // Reserved even for a detached session: its stub sends this MOVE if the client returns.
+        s.prepareMove(dest.clientUrl);
+        if (s.state === 'attached') {
+          attached.add(s.id);
+          void s.move(dest.clientUrl);
         }
       }
       h.log.debug({ migration: rec.id, step: 'moves-queued', at: wall() }, 'migration step');
-      const batch = await worker.request<FrozenBatch>({ op: 'freeze', insts, since: marks });
+      const batch = await frozen;
       h.log.debug({ migration: rec.id, step: 'worker-frozen', at: wall() }, 'migration step');
       rec.finalDirtyBytes = batch.bytes;
       const transfers: SessionTransfer[] = [];
