@@ -240,12 +240,10 @@ describe('MOVE authentication', () => {
 });
 
 describe('tentative MOVE', () => {
-  it('resumes where it came from when the new endpoint cannot be reached, and follows a repeat of the MOVE', async (t) => {
+  /** An open session on a test server, its server side, and the codes of its warnings. */
+  async function openSession(t: { after(fn: () => unknown): void }) {
     const srv = await startTestServer();
     t.after(() => srv.close());
-    // A port that was just free: nothing listens there.
-    const gone = await srv.server.listen('ws://127.0.0.1:0');
-    await gone.close();
     const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
     t.after(() => s.close());
     const warnings: string[] = [];
@@ -253,6 +251,14 @@ describe('tentative MOVE', () => {
     await s.ready;
     const serverSide = srv.server.getSession(s.id as string);
     assert.ok(serverSide);
+    return { srv, s, serverSide, warnings };
+  }
+
+  it('resumes where it came from when the new endpoint cannot be reached, and follows a repeat of the MOVE', async (t) => {
+    const { srv, s, serverSide, warnings } = await openSession(t);
+    // A port that was just free: nothing listens there.
+    const gone = await srv.server.listen('ws://127.0.0.1:0');
+    await gone.close();
     for (const round of [1, 2]) {
       const moved = nextEvent(s, 'moved');
       const resumed = nextEvent(s, 'resumed');
@@ -268,8 +274,7 @@ describe('tentative MOVE', () => {
   });
 
   it('resumes where it came from when the new endpoint says the migration aborted', async (t) => {
-    const srv = await startTestServer();
-    t.after(() => srv.close());
+    const { srv, s, serverSide, warnings } = await openSession(t);
     let asked = 0;
     const aborting = await startTestServer({
       restore: async () => {
@@ -278,13 +283,6 @@ describe('tentative MOVE', () => {
       },
     });
     t.after(() => aborting.close());
-    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } });
-    t.after(() => s.close());
-    const warnings: string[] = [];
-    s.on('warning', (w) => warnings.push(w.code));
-    await s.ready;
-    const serverSide = srv.server.getSession(s.id as string);
-    assert.ok(serverSide);
     const resumed = nextEvent(s, 'resumed');
     assert.equal(await serverSide.move(aborting.ws), true);
     await resumed;
