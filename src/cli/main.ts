@@ -260,6 +260,11 @@ export function buildProgram(): Command {
     .option('--listen <url...>', 'client endpoints (ws://, tcp://)', ['ws://127.0.0.1:7080'])
     .requiredOption('--directory <url>', "the directory's URL (host table, session lookups)")
     .option('--secret <hex>', 'cluster secret (default: env ROAM_CLUSTER_SECRET)')
+    .option(
+      '--splice-pool <n>',
+      'idle splice links kept open per host, so splicing waits for no handshake (0: none)',
+      '2',
+    )
     .option('--json', 'print the endpoints as one JSON line')
     .addHelpText(
       'after',
@@ -268,27 +273,34 @@ export function buildProgram(): Command {
         '  roam gateway 0.1.0\n    ws://0.0.0.0:7080\n    tcp://0.0.0.0:7081\n' +
         'Clients connect to the gateway instead of a host. See docs/gateway.md.\n',
     )
-    .action(async (opts: { listen: string[]; directory: string; secret?: string; json?: boolean }) => {
-      const { Gateway } = await import('../gateway/index.js');
-      const { parseClusterSecret } = await import('../transport/cluster.js');
-      const secretText = opts.secret ?? process.env.ROAM_CLUSTER_SECRET;
-      if (!secretText)
-        throw new InvalidArgumentError('the gateway needs the cluster secret: --secret or env ROAM_CLUSTER_SECRET');
-      const gateway = await Gateway.start({
-        listen: opts.listen,
-        directory: opts.directory,
-        secret: parseClusterSecret(secretText),
-        logger: createLogger('roam-gateway', process.env.ROAM_LOG_LEVEL ?? 'info'),
-      });
-      if (opts.json) process.stdout.write(`${JSON.stringify({ listen: gateway.urls })}\n`);
-      else
-        process.stdout.write(
-          `roam gateway ${pkg.version}\n${gateway.urls.map((u) => `  ${u}\n`).join('')}Ctrl-C to stop.\n`,
-        );
-      await waitForSignal();
-      await gateway.close();
-      if (!opts.json) process.stdout.write('roam gateway stopped.\n');
-    });
+    .action(
+      async (opts: { listen: string[]; directory: string; secret?: string; splicePool: string; json?: boolean }) => {
+        const { Gateway } = await import('../gateway/index.js');
+        const splicePool = Number(opts.splicePool);
+        if (!Number.isInteger(splicePool) || splicePool < 0 || splicePool > 64) {
+          throw new InvalidArgumentError('--splice-pool is an integer from 0 to 64');
+        }
+        const { parseClusterSecret } = await import('../transport/cluster.js');
+        const secretText = opts.secret ?? process.env.ROAM_CLUSTER_SECRET;
+        if (!secretText)
+          throw new InvalidArgumentError('the gateway needs the cluster secret: --secret or env ROAM_CLUSTER_SECRET');
+        const gateway = await Gateway.start({
+          listen: opts.listen,
+          directory: opts.directory,
+          secret: parseClusterSecret(secretText),
+          splicePool,
+          logger: createLogger('roam-gateway', process.env.ROAM_LOG_LEVEL ?? 'info'),
+        });
+        if (opts.json) process.stdout.write(`${JSON.stringify({ listen: gateway.urls })}\n`);
+        else
+          process.stdout.write(
+            `roam gateway ${pkg.version}\n${gateway.urls.map((u) => `  ${u}\n`).join('')}Ctrl-C to stop.\n`,
+          );
+        await waitForSignal();
+        await gateway.close();
+        if (!opts.json) process.stdout.write('roam gateway stopped.\n');
+      },
+    );
 
   program
     .command('bench')
