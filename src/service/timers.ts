@@ -18,7 +18,8 @@ export const systemWallClock: WallClock = Object.freeze({
   now: () => Date.now(),
   setTimeout: (fn: () => void, ms: number): unknown => {
     // A deadline already past (timers resuming after a migration's freeze, a late interval) fires
-    // on the next turn of the event loop rather than after Node's 1 ms minimum timeout.
+    // on the next turn of the event loop rather than after Node's 1 ms minimum timeout. A callback
+    // that keeps re-setting a zero-delay timer so runs once per turn, still yielding to I/O.
     // (Not unref'd: an unref'd immediate does not stop the loop from blocking in poll, so it
     // would wait for unrelated I/O. It runs on the next turn, so it holds nothing open for long.)
     if (ms <= 0 && typeof setImmediate === 'function') return { immediate: setImmediate(fn) };
