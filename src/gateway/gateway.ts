@@ -489,27 +489,33 @@ class ClientSplice {
       );
       return;
     }
+    void this.resplice(this.beginSwitch(newNonce(), from), url);
+  }
+
+  /** Enters the switching phase (the old upstream is already hung up), with its timeout armed. */
+  private beginSwitch(nonce: Uint8Array, from: RoutedHost | undefined, resume?: Uint8Array): Switch {
+    const { ctx } = this;
     const sw: Switch = {
-      nonce: newNonce(),
-      startedAt: this.ctx.clock.now(),
+      nonce,
+      startedAt: ctx.clock.now(),
       timer: undefined,
       dest: undefined,
       link: undefined,
-      resume: undefined,
+      resume,
       dropped: 0,
       droppedBytes: 0,
       from,
     };
     this.sw = sw;
     this.phase = 'switching';
-    sw.timer = this.ctx.clock.setTimeout(() => {
+    sw.timer = ctx.clock.setTimeout(() => {
       sw.timer = undefined;
-      if (this.sw === sw) this.fail('HANDSHAKE_TIMEOUT', `re-splice not done within ${this.ctx.handshakeTimeoutMs} ms`);
-    }, this.ctx.handshakeTimeoutMs);
-    void this.resplice(sw, url, from);
+      if (this.sw === sw) this.fail('HANDSHAKE_TIMEOUT', `re-splice not done within ${ctx.handshakeTimeoutMs} ms`);
+    }, ctx.handshakeTimeoutMs);
+    return sw;
   }
 
-  private async resplice(sw: Switch, url: string, from: RoutedHost | undefined): Promise<void> {
+  private async resplice(sw: Switch, url: string): Promise<void> {
     const { ctx } = this;
     const sid = this.sid as string;
     let dest: RoutedHost | undefined;
@@ -525,19 +531,33 @@ class ClientSplice {
       this.fail('TRANSPORT_CLOSED', 'session moved to a host the gateway does not know; reconnect');
       return;
     }
-    sw.dest = dest;
-    ctx.table.rememberSession(sid, dest.id);
-    if (this.instance) ctx.table.rememberInstance(this.instance, dest.id);
-    this.setHost(dest);
+    this.routeTo(sw, dest);
     // The client answers in-band, on the transport it already has. The link opens meanwhile.
     this.client.writeFrame({ type: FrameType.CHALLENGE, nonce: sw.nonce });
+    await this.linkSwitch(sw);
+  }
+
+  /** Points the session (and its instance) at `dest` for this splice and the caches. */
+  private routeTo(sw: Switch, dest: RoutedHost): void {
+    sw.dest = dest;
+    this.ctx.table.rememberSession(this.sid as string, dest.id);
+    if (this.instance) this.ctx.table.rememberInstance(this.instance, dest.id);
+    this.setHost(dest);
+  }
+
+  /** Opens the switch's link to its destination and completes the switch if the RESUME is in. */
+  private async linkSwitch(sw: Switch): Promise<void> {
+    const dest = sw.dest as RoutedHost;
     let link: FramedConnection;
     try {
-      link = await ctx.openLink(dest, sw.nonce, this.remote);
+      link = await this.ctx.openLink(dest, sw.nonce, this.remote);
     } catch (err) {
       if (this.sw !== sw) return;
-      ctx.log.warn({ session: sid, host: dest.id, err: asRoamError(err).message }, 'gateway: re-splice link failed');
-      this.fail('TRANSPORT_CLOSED', `could not reach the session's new host ${dest.id}; reconnect`);
+      this.ctx.log.warn(
+        { session: this.sid, host: dest.id, err: asRoamError(err).message },
+        'gateway: re-splice link failed',
+      );
+      this.fail('TRANSPORT_CLOSED', `could not reach the session's host ${dest.id}; reconnect`);
       return;
     }
     if (this.sw !== sw) {
@@ -545,53 +565,19 @@ class ClientSplice {
       return;
     }
     sw.link = link;
-    this.finishSwitch(sw, from);
+    this.finishSwitch(sw);
   }
 
   /** Takes the client's RESUME back to the host a tentative MOVE came from. */
   private returnTo(back: { host: RoutedHost; nonce: Uint8Array; resume: Uint8Array }): void {
-    const { ctx } = this;
-    const sid = this.sid as string;
     this.back = undefined;
     const old = this.up;
     this.up = undefined;
     if (old) hangUp(old);
-    const sw: Switch = {
-      nonce: back.nonce,
-      startedAt: ctx.clock.now(),
-      timer: undefined,
-      dest: back.host,
-      link: undefined,
-      resume: back.resume,
-      dropped: 0,
-      droppedBytes: 0,
-      from: undefined,
-    };
-    this.sw = sw;
-    this.phase = 'switching';
-    sw.timer = ctx.clock.setTimeout(() => {
-      sw.timer = undefined;
-      if (this.sw === sw) this.fail('HANDSHAKE_TIMEOUT', `re-splice not done within ${ctx.handshakeTimeoutMs} ms`);
-    }, ctx.handshakeTimeoutMs);
-    ctx.table.rememberSession(sid, back.host.id);
-    if (this.instance) ctx.table.rememberInstance(this.instance, back.host.id);
-    this.setHost(back.host);
-    ctx.log.info({ session: sid, host: back.host.id }, 'gateway: migration aborted; back to the source');
-    void ctx.openLink(back.host, back.nonce, this.remote).then(
-      (link) => {
-        if (this.sw !== sw) {
-          link.abort();
-          return;
-        }
-        sw.link = link;
-        this.finishSwitch(sw, undefined);
-      },
-      (err: unknown) => {
-        if (this.sw !== sw) return;
-        ctx.log.warn({ session: sid, host: back.host.id, err: asRoamError(err).message }, 'gateway: link back failed');
-        this.fail('TRANSPORT_CLOSED', `could not reach the session's host ${back.host.id}; reconnect`);
-      },
-    );
+    const sw = this.beginSwitch(back.nonce, undefined, back.resume);
+    this.routeTo(sw, back.host);
+    this.ctx.log.info({ session: this.sid, host: back.host.id }, 'gateway: migration aborted; back to the source');
+    void this.linkSwitch(sw);
   }
 
   /**
@@ -624,7 +610,7 @@ class ClientSplice {
           this.fail('UNEXPECTED_FRAME', 'RESUME names another session');
         } else {
           sw.resume = encodeFrame(f);
-          this.finishSwitch(sw, undefined);
+          this.finishSwitch(sw);
         }
         return;
       case FrameType.CLOSE:
@@ -639,7 +625,7 @@ class ClientSplice {
   }
 
   /** Completes the switch once both the new link and the client's RESUME are there. */
-  private finishSwitch(sw: Switch, from: RoutedHost | undefined): void {
+  private finishSwitch(sw: Switch): void {
     const link = sw.link;
     const resume = sw.resume;
     if (this.sw !== sw || !link || !resume) return;
@@ -656,7 +642,7 @@ class ClientSplice {
     this.ctx.log.info(
       {
         session: this.sid,
-        from: from?.id,
+        from: sw.from?.id,
         to: sw.dest?.id,
         ms: Math.round(this.ctx.clock.now() - sw.startedAt),
         dropped: sw.dropped,
