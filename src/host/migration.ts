@@ -523,8 +523,7 @@ export class Migrations {
         for (const sid of f.sids) {
           const s = h.session(sid);
           if (!s) continue;
-          // Frozen: every `send` the worker made before answering is already in the engine.
-          s.engine.freeze();
+          // Exported after the worker answered: every `send` it made is already in the engine.
           transfers.push({
             sid,
             inst: f.inst,
