@@ -245,10 +245,7 @@ describe('roam operator commands', { timeout: 180_000 }, () => {
       [],
       'nothing left on the drained host',
     );
-    const mark = client.received;
-    await client.until(mark + 30);
-    client.stopSending();
-    await client.untilEchoed();
+    await client.flowsOn(30);
     assert.deepEqual(client.errors, []);
   });
 

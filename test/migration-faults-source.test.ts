@@ -24,10 +24,7 @@ describe('migration faults: the source side', { timeout: 180_000 }, () => {
     assert.equal(rec.outcome, 'committed');
     a.kill('SIGKILL');
     await a.exited;
-    const mark = c.received;
-    await c.until(mark + 200);
-    c.stopSending();
-    await c.untilEchoed();
+    await c.flowsOn(200);
     assert.deepEqual(c.errors, []);
     assert.deepEqual(await holders(cluster, instance), [b.id]);
     assert.deepEqual(
@@ -53,10 +50,7 @@ describe('migration faults: the source side', { timeout: 180_000 }, () => {
     // The source dies before it can answer: the request fails, the instance is b's.
     await assert.rejects(cluster.api('/api/migrate', { instance, to: b.id }));
     assert.notEqual(await a.exited, 0);
-    const mark = c.received;
-    await c.until(mark + 200);
-    c.stopSending();
-    await c.untilEchoed();
+    await c.flowsOn(200);
     assert.deepEqual(c.errors, []);
     assert.deepEqual(await holders(cluster, instance), [b.id]);
     assert.equal((await location(cluster, instance))?.host, b.id);

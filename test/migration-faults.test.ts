@@ -26,10 +26,7 @@ describe('migration faults', { timeout: 180_000 }, () => {
         return true;
       });
       assert.notEqual(await d.exited, 0, 'the destination really crashed');
-      const mark = c.received;
-      await c.until(mark + 200);
-      c.stopSending();
-      await c.untilEchoed();
+      await c.flowsOn(200);
       assert.deepEqual(c.errors, []);
       assert.deepEqual(await holders(cluster, instance), [a.id]);
       // The source claimed the instance back (epoch 1, itself) when it lost the verdict after
@@ -59,14 +56,13 @@ describe('migration faults', { timeout: 180_000 }, () => {
       const [a, d] = (await holders(cluster, instance))[0] === h0.id ? [h0, h1] : [h1, h0];
       const moves: string[] = [];
       s.on('moved', (ev) => moves.push(ev.url));
+      const events: string[] = [];
+      s.on('event', (ev) => events.push(ev.type));
       await assert.rejects(cluster.api('/api/migrate', { instance, to: d.id }), (err: Error & { code?: string }) => {
         assert.equal(err.code, 'MIGRATION_ABORTED');
         return true;
       });
-      const mark = c.received;
-      await c.until(mark + 200);
-      c.stopSending();
-      await c.untilEchoed();
+      await c.flowsOn(200);
       assert.deepEqual(c.errors, []);
       if (mode === 'direct') {
         // The MOVE went out as the source froze, before the destination refused.
@@ -74,6 +70,9 @@ describe('migration faults', { timeout: 180_000 }, () => {
         assert.equal(s.url, a.clientUrl);
       } else {
         assert.deepEqual(moves, [], 'a gateway keeps MOVEs from its clients');
+        // The gateway took the RESUME back to the source itself: the client kept its transport.
+        assert.ok(!events.includes('suspended'), events.join());
+        assert.ok(events.includes('resumed'), events.join());
       }
       assert.deepEqual(await holders(cluster, instance), [a.id]);
       assert.equal(d.child.exitCode, null, 'the destination is alive');

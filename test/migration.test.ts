@@ -88,10 +88,7 @@ describe('live migration', { timeout: 180_000 }, () => {
     );
     s.send('moveto label zone=b');
     assert.equal(await moved, b.clientUrl);
-    const mark = c.received;
-    await c.until(mark + 20);
-    c.stopSending();
-    await c.untilEchoed();
+    await c.flowsOn(20);
     assert.deepEqual(c.errors, []);
     assert.equal((await whereIs(cluster, s.id as string)).host, b.id);
     const { migrations } = await cluster.api<{ migrations: MigrationRecord[] }>('/api/migrations?limit=10');
@@ -111,10 +108,7 @@ describe('live migration', { timeout: 180_000 }, () => {
     s.reconnectNow();
     const rec = await moving;
     assert.equal(rec.outcome, 'committed');
-    const before = c.received;
-    await c.until(before + 50);
-    c.stopSending();
-    await c.untilEchoed();
+    await c.flowsOn(50);
     assert.deepEqual(c.errors, []);
     const { sessions } = await cluster.api<{ sessions: Array<{ session: string; host: string; remote: string }> }>(
       `/api/sessions?id=${s.id}`,

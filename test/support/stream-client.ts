@@ -28,6 +28,8 @@ export interface StreamClient {
   /** Resolves once `received >= n` (and, with `echoed`, once the echo caught up with `sent`). */
   until(n: number): Promise<void>;
   untilEchoed(): Promise<void>;
+  /** Waits for `more` further indices, stops sending, and waits until every number sent was echoed. */
+  flowsOn(more: number): Promise<void>;
   sendNext(): void;
 }
 
@@ -123,6 +125,11 @@ export function streamClient(session: Session): StreamClient {
         waiters.add(check);
         check();
       });
+    },
+    async flowsOn(more) {
+      await c.until(received + more);
+      c.stopSending();
+      await c.untilEchoed();
     },
   };
   return c;
