@@ -15,6 +15,7 @@ import {
   type DrainStatus,
   decodeJson,
   encodeJson,
+  type HostedInstance,
   type HostIdentity,
   type HostMetrics,
   type HostRecord,
@@ -64,20 +65,11 @@ async function setup(t: TestContext, opts: Partial<DirectoryOptions> = {}): Prom
   return env;
 }
 
-interface InstanceRow {
-  instance: string;
-  service: string;
-  key: string | null;
-  sessions: number;
-  stateBytes: number;
-  epoch: number;
-}
-
 /** A stand-in for a host: a real identity and a real peer endpoint answering with fixed data. */
 class FakeHost {
   readonly identity: HostIdentity = loadOrCreateIdentity();
   readonly peer = new PeerServer(SECRET, { warn: () => {} });
-  instances: InstanceRow[] = [];
+  instances: HostedInstance[] = [];
   sessions: Array<{ session: string; service: string; instance: string; state: string; remote: string }> = [];
   drain: DrainStatus | null = null;
   readonly calls: Array<{ path: string; body: unknown }> = [];
@@ -601,7 +593,7 @@ describe('directory: public API', () => {
     for (const h of [a, b, dead, hung]) await h.register(env.dir.url);
     await dead.peer.close();
 
-    const inst = await clusterFetch<{ instances: Array<InstanceRow & { host: string }>; unreachable: string[] }>(
+    const inst = await clusterFetch<{ instances: Array<HostedInstance & { host: string }>; unreachable: string[] }>(
       env.dir.url,
       '/api/instances',
     );
