@@ -201,7 +201,8 @@ export class ClusterMember {
     if (this.queue.length > MAX_QUEUED_EVENTS) this.queue.shift();
     // Events come in bursts (a migration's phases, a drain's batches). One request per burst, sent
     // a little later, keeps an HTTP request off the host's thread in the middle of a freeze.
-    this.flushTimer ??= setTimeout(() => {
+    if (this.flushTimer) return;
+    this.flushTimer = setTimeout(() => {
       this.flushTimer = undefined;
       void this.flush();
     }, EVENT_BATCH_MS);
