@@ -6,6 +6,10 @@
  *
  * `--filter` keeps only functions whose url contains the substring (e.g. `/src/` for roam code).
  * `--last=MS` looks only at the profile's last MS milliseconds (e.g. a drain that ends the process).
+ * `--window=FROM,TO` looks only at samples between two instants of the monotonic clock, in µs as
+ * `process.hrtime.bigint() / 1000n` reads it in any process on the machine (V8 stamps profiles
+ * with the same clock), so a benchmark can print the window of interest and every process's
+ * profile can be cut to it.
  */
 import { readFile } from 'node:fs/promises';
 import { relative } from 'node:path';
@@ -40,7 +44,13 @@ function label(cf: CallFrame): string {
   return where ? `${name}  ${where}:${cf.lineNumber + 1}` : name;
 }
 
-async function summarise(file: string, top: number, filter: string | undefined, lastMs?: number): Promise<void> {
+async function summarise(
+  file: string,
+  top: number,
+  filter: string | undefined,
+  lastMs?: number,
+  window?: [number, number],
+): Promise<void> {
   const p = JSON.parse(await readFile(file, 'utf8')) as Profile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
@@ -49,17 +59,22 @@ async function summarise(file: string, top: number, filter: string | undefined, 
     for (const c of n.children ?? []) parent.set(c, n.id);
   }
   const selfUs = new Map<number, number>();
-  const from = lastMs === undefined ? p.startTime : Math.max(p.startTime, p.endTime - lastMs * 1000);
+  let from = lastMs === undefined ? p.startTime : Math.max(p.startTime, p.endTime - lastMs * 1000);
+  let to = p.endTime;
+  if (window) {
+    from = Math.max(from, window[0]);
+    to = Math.min(to, window[1]);
+  }
   let at = p.startTime;
   for (let i = 0; i < p.samples.length; i++) {
     const id = p.samples[i] as number;
     at += (p.timeDeltas[i] ?? 0) as number;
-    if (at < from) continue;
+    if (at < from || at > to) continue;
     // timeDeltas[i] is the time before sample i; attribute the gap after it (standard approach).
     const dt = (p.timeDeltas[i + 1] ?? 0) as number;
     selfUs.set(id, (selfUs.get(id) ?? 0) + dt);
   }
-  const totalUs = p.endTime - from;
+  const totalUs = Math.max(0, to - from);
   const self = new Map<string, number>();
   const incl = new Map<string, number>();
   for (const [id, us] of selfUs) {
@@ -103,20 +118,24 @@ async function main(): Promise<void> {
   let top = 25;
   let filter: string | undefined;
   let last: number | undefined;
+  let window: [number, number] | undefined;
   const files: string[] = [];
   for (const a of process.argv.slice(2)) {
     if (a.startsWith('--top=')) top = Number(a.slice(6));
     else if (a.startsWith('--filter=')) filter = a.slice(9);
     else if (a.startsWith('--last=')) last = Number(a.slice(7));
-    else files.push(a);
+    else if (a.startsWith('--window=')) {
+      const [f, t] = a.slice(9).split(',').map(Number);
+      window = [f ?? 0, t ?? Number.POSITIVE_INFINITY];
+    } else files.push(a);
   }
   if (files.length === 0) {
     process.stderr.write(
-      'usage: tsx bench/cpuprofile-top.ts <file.cpuprofile>... [--top=N] [--filter=substr] [--last=ms]\n',
+      'usage: tsx bench/cpuprofile-top.ts <file.cpuprofile>... [--top=N] [--filter=substr] [--last=ms] [--window=from_us,to_us]\n',
     );
     process.exit(2);
   }
-  for (const f of files) await summarise(f, top, filter, last);
+  for (const f of files) await summarise(f, top, filter, last, window);
 }
 
 void main();

@@ -10,10 +10,21 @@
  * then every client sends its next number: the service must echo it (its per-session counter
  * moved with it: lost = echoes missing or out of order, duplicated = echoes repeated).
  *
- * Baseline in the same run: the same sessions suspended to the Store and restored elsewhere is
- * not offered by roam; the figure next to it is the Migrate paper's 64 sessions in 1.5 s.
+ * Baseline in the same run (`ws_baseline`): the floor for moving the clients alone. The same
+ * number of raw `ws` clients on a plain `ws` server (a child process, like roam's hosts) are told
+ * to reconnect to one of two other such servers; each opens its new connection, makes one round
+ * trip ("hi" → "ok") and closes the old one. No state, no authentication, no directory: what any
+ * server that hands clients to another host pays on this machine at least. Both sides also report
+ * the CPU time every process involved used (this one, the servers or the directory and hosts),
+ * which is steadier than wall time on a busy machine. The Migrate paper's 64 sessions in 1.5 s is
+ * the published anchor.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
 import { connect, type Session } from '../src/client/node.js';
 import { readEvents } from '../src/directory/index.js';
 import type { DrainStatus, MigrationRecord } from '../src/transport/cluster.js';
@@ -39,6 +50,12 @@ export interface DrainResult {
   /** Median per-phase time of a batch (source side), ms. */
   batch_phases_ms_p50: { negotiate: number; precopy: number; freeze: number; commit: number };
   placement: Record<string, number>;
+  /** CPU time (user + system) of every process, from the drain request until every client resumed. */
+  cpu_seconds: number;
+  /** Raw `ws` clients moved between plain `ws` servers, same count, same run (see the file's doc). */
+  ws_baseline: { seconds: number; cpu_seconds: number };
+  /** roam's clients_seconds over the baseline's seconds. */
+  clients_over_ws: number;
 }
 
 const dec = new TextDecoder();
@@ -123,12 +140,17 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       }
       throw new Error('event stream ended before the drain');
     })();
+    const pids = [cluster.directory.child.pid, ...cluster.hosts.map((h) => h.child.pid)].filter(
+      (p): p is number => p !== undefined,
+    );
+    const cpu0 = cpuMs(pids);
     const t0 = performance.now();
     await cluster.api<DrainStatus>('/api/drain', { host: a.id, concurrency: 4, batchSize: 250, deadlineMs: 600_000 });
     const done = await over;
     const seconds = (performance.now() - t0) / 1000;
     await allIn;
     const clientsSeconds = (performance.now() - t0) / 1000;
+    const cpuSeconds = (cpuMs(pids) - cpu0) / 1000;
     ac.abort();
     process.stderr.write(`\n  drain ${done.state}: ${done.moved} moved in ${seconds.toFixed(2)} s\n`);
     // Every session's own counter moved with it: 2 must follow 1.
@@ -158,6 +180,20 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       const xs = records.map(f).sort((x, y) => x - y);
       return Math.round(xs[Math.floor(xs.length / 2)] ?? 0);
     };
+    // The baseline must not share the machine with 10,000 sessions trying to reconnect.
+    const ended = sessions.map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          s.on('event', (ev) => {
+            if (ev.type === 'closed' || ev.type === 'lost') resolve();
+          });
+        }),
+    );
+    for (const s of sessions) s.close();
+    await Promise.all(ended);
+    sessions.length = 0;
+    await cluster.close();
+    const base = await wsBaseline(n);
     return {
       suite: 'drain',
       at: new Date().toISOString(),
@@ -179,6 +215,9 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
         commit: med((r) => r.phases.commitMs),
       },
       placement,
+      cpu_seconds: round3(cpuSeconds),
+      ws_baseline: base,
+      clients_over_ws: Math.round((clientsSeconds / base.seconds) * 100) / 100,
     };
   } finally {
     for (const s of sessions) s.close();
@@ -188,6 +227,110 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
 
 type Cluster0 = Awaited<ReturnType<typeof startCluster>>['hosts'][0];
 
+const round3 = (x: number): number => Math.round(x * 1000) / 1000;
+const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/**
+ * CPU time (user + system, ms) this process and the given ones used so far, from /proc (Linux):
+ * the clock ticks of a process and all its threads.
+ */
+function cpuMs(pids: number[]): number {
+  const self = process.cpuUsage();
+  let ms = (self.user + self.system) / 1000;
+  const tick = 1000 / 100; // USER_HZ is 100 on every Linux this runs on.
+  for (const pid of pids) {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    ms += (Number(f[11]) + Number(f[12])) * tick;
+  }
+  return ms;
+}
+
+interface WsServer {
+  url: string;
+  child: ChildProcess;
+  send(line: string): void;
+  stop(): Promise<void>;
+}
+
+async function startWsServer(): Promise<WsServer> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/drain-ws-server.ts'], {
+    cwd: REPO_ROOT,
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+  const first = await new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    void exited.then(() => reject(new Error('drain-ws-server exited before it listened')));
+  });
+  const { url } = JSON.parse(first) as { url: string };
+  return {
+    url,
+    child,
+    send: (line) => child.stdin?.write(`${line}\n`),
+    async stop() {
+      child.stdin?.end();
+      await exited;
+    },
+  };
+}
+
+/** Clients told to move and not yet gone, at most: roam's drain below runs 4 batches of 250. */
+const BASELINE_WINDOW = 1000;
+
+/** The baseline: `n` raw ws clients on server A, all told to reconnect to B or C. */
+async function wsBaseline(n: number): Promise<{ seconds: number; cpu_seconds: number }> {
+  const servers = await Promise.all([startWsServer(), startWsServer(), startWsServer()]);
+  const [a, b, c] = servers as [WsServer, WsServer, WsServer];
+  const clients: WebSocket[] = [];
+  try {
+    process.stderr.write(`drain baseline: opening ${n} raw ws clients\n`);
+    let moved = 0;
+    let allMoved: () => void = () => {};
+    const done = new Promise<void>((r) => {
+      allMoved = r;
+    });
+    const open = (url: string): Promise<WebSocket> =>
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(url, { perMessageDeflate: false });
+        ws.once('open', () => resolve(ws));
+        ws.once('error', reject);
+      });
+    for (let i = 0; i < n; i += 200) {
+      const batch = await Promise.all(Array.from({ length: Math.min(200, n - i) }, () => open(a.url)));
+      for (const old of batch) {
+        old.on('message', (data: Buffer) => {
+          const text = data.toString('utf8');
+          if (!text.startsWith('move ')) return;
+          const next = new WebSocket(text.slice(5), { perMessageDeflate: false });
+          clients.push(next);
+          next.on('open', () => next.send('hi'));
+          next.on('message', (d: Buffer) => {
+            if (d.toString('utf8') !== 'ok') return;
+            old.close();
+            if (++moved === n) allMoved();
+          });
+        });
+      }
+      clients.push(...batch);
+    }
+    const pids = servers.map((s) => s.child.pid).filter((p): p is number => p !== undefined);
+    const cpu0 = cpuMs(pids);
+    const t0 = performance.now();
+    a.send(`move ${BASELINE_WINDOW} ${b.url} ${c.url}`);
+    await done;
+    const seconds = (performance.now() - t0) / 1000;
+    const cpuSeconds = (cpuMs(pids) - cpu0) / 1000;
+    process.stderr.write(`  baseline: ${n} raw ws clients moved in ${seconds.toFixed(2)} s\n`);
+    return { seconds: round3(seconds), cpu_seconds: round3(cpuSeconds) };
+  } finally {
+    for (const ws of clients) ws.terminate();
+    await Promise.all(servers.map((s) => s.stop()));
+  }
+}
+
 export function summarize(r: DrainResult): string {
-  return `drain: ${r.sessions} sessions × ${r.state_bytes} B in ${r.seconds} s (${r.sessions_per_s}/s; clients all resumed at ${r.clients_seconds} s), lost ${r.lost}, duplicated ${r.duplicated}, placement ${JSON.stringify(r.placement)}`;
+  return `drain: ${r.sessions} sessions × ${r.state_bytes} B in ${r.seconds} s (${r.sessions_per_s}/s; clients all resumed at ${r.clients_seconds} s), lost ${r.lost}, duplicated ${r.duplicated}, placement ${JSON.stringify(r.placement)}; CPU ${r.cpu_seconds} s; raw ws baseline: clients moved in ${r.ws_baseline.seconds} s, CPU ${r.ws_baseline.cpu_seconds} s`;
 }

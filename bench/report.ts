@@ -150,6 +150,13 @@ if (d) {
   );
   out.push(`| sessions per second | ${fmt(d.sessions_per_s)} | |`);
   out.push(`| drain request → every client resumed at its new host | ${fmt(d.clients_seconds, 2)} s | |`);
+  if (d.ws_baseline) {
+    out.push(
+      `| baseline, same run: as many raw \`ws\` clients moved between plain \`ws\` servers (no state, no auth) | ${fmt(d.ws_baseline.seconds, 2)} s | |`,
+      `| every client resumed, over the baseline | ${fmt(d.clients_over_ws, 2)}× | |`,
+      `| CPU time of every process, drain request → every client resumed (baseline) | ${fmt(d.cpu_seconds, 1)} s (${fmt(d.ws_baseline.cpu_seconds, 1)} s) | |`,
+    );
+  }
   out.push(`| batch (up to 250 instances) start → commit, p50 | ${fmt(d.batch_commit_ms_p50)} ms | |`);
   out.push(`| lost / duplicated | ${d.lost} / ${d.duplicated} | 0 / 0: ${met(d.lost === 0 && d.duplicated === 0)} |`);
   out.push(
@@ -158,6 +165,12 @@ if (d) {
       .join(', ')} | |`,
     '',
   );
+  if (d.ws_baseline && d.ws_baseline.seconds > 5) {
+    out.push(
+      `On this machine (${d.machine.cpus} CPUs, the clients on it too) merely moving ${fmt(d.sessions)} raw \`ws\` clients from one server to two others takes ${fmt(d.ws_baseline.seconds, 2)} s, more than the 5 s target.`,
+      '',
+    );
+  }
 }
 
 out.push('## Anchors', '');
