@@ -8,7 +8,14 @@ import { createInterface } from 'node:readline';
 import { describe, it, type TestContext } from 'node:test';
 import { type Connector, connect, type Session } from '../src/client/node.js';
 import { Gateway, type GatewayHost } from '../src/gateway/index.js';
-import { builtinServices, ServerSession, type SessionHandler, SessionServer, silentLogger } from '../src/host/index.js';
+import {
+  builtinServices,
+  echoService,
+  ServerSession,
+  type SessionHandler,
+  SessionServer,
+  silentLogger,
+} from '../src/host/index.js';
 import { spliceLink } from '../src/host/splice.js';
 import { FramedConnection, newNonce, SessionEngine, type SessionEvent, systemClock } from '../src/session/index.js';
 import { type HostRecord, RequestVerifier, signRequest } from '../src/transport/cluster.js';
@@ -63,10 +70,10 @@ interface TestHost {
 }
 
 /** A SessionServer (echo, counter, stream) with a PeerServer that mounts the splice handler. */
-async function startHost(t: TestContext, id: string): Promise<TestHost> {
+async function startHost(t: TestContext, id: string, services: Record<string, SessionHandler> = {}): Promise<TestHost> {
   const server = new SessionServer({
     logger: silentLogger(),
-    services: { ...builtinServices(), stream: streamService },
+    services: { ...builtinServices(), stream: streamService, ...services },
   });
   const ws = (await server.listen('ws://127.0.0.1:0')).url;
   const tcp = (await server.listen('tcp://127.0.0.1:0')).url;
@@ -318,7 +325,7 @@ describe('gateway', () => {
     assert.equal(b.server.sessionCount, 1);
     // (Whether a splice found a link already open in the pool depends on timing; see the pool test.)
     const { pooled: _, ...counters } = gw.counters;
-    assert.deepEqual(counters, { clients: 2, splices: 2, resplices: 0, refused: 0 });
+    assert.deepEqual(counters, { clients: 2, splices: 2, resplices: 0, refused: 0, redirected: 0 });
     // The host sees the client's address, not the gateway's link.
     assert.equal(holder([a, b], s1.id as string).server.getSession(s1.id as string)?.remoteAddress, '127.0.0.1');
 
@@ -332,6 +339,49 @@ describe('gateway', () => {
     await k2.ready;
     assert.equal(holder([a, b], k2.id as string), room);
     assert.equal(room.server.sessionCount, 3);
+  });
+
+  it("a HELLO a host sends on to the instance's owner (INSTANCE_ELSEWHERE) is replayed there; the client sees only WELCOME", async (t) => {
+    // Each host sends HELLOs for the key "owned" to `owner` unless it is the owner itself.
+    let owner: TestHost | undefined;
+    const redirecting = (self: () => TestHost | undefined): Record<string, SessionHandler> => ({
+      echo: {
+        open: (session) => echoService.open(session),
+        async admit(hello) {
+          if (hello.key === 'owned' && owner && owner !== self()) {
+            throw new RoamError('INSTANCE_ELSEWHERE', owner.ws);
+          }
+        },
+      },
+    });
+    const a: TestHost = await startHost(
+      t,
+      'a',
+      redirecting(() => a),
+    );
+    const b: TestHost = await startHost(
+      t,
+      'b',
+      redirecting(() => b),
+    );
+    const gw = await startGateway(t, { hosts: [a.record(), b.record()] });
+    // One unkeyed session makes its host the busier one, so the keyed HELLO goes to the other.
+    const first = open(urlOf(gw, 'ws'), 'echo');
+    t.after(() => first.close());
+    await first.ready;
+    owner = holder([a, b], first.id as string);
+    const s = open(urlOf(gw, 'ws'), 'echo', { key: 'owned' });
+    t.after(() => s.close());
+    const seen: string[] = [];
+    s.on('event', (ev) => seen.push(ev.type));
+    s.on('warning', (w) => seen.push(`warning ${w.code}`));
+    await s.ready;
+    await echo(s, 'at the owner');
+    assert.equal(holder([a, b], s.id as string), owner);
+    assert.equal(gw.counters.redirected, 1, 'the gateway followed one redirect');
+    assert.equal(gw.counters.refused, 0);
+    assert.deepEqual(seen, ['open'], 'the client saw neither a move nor a failed attempt');
+    assert.equal(s.url, urlOf(gw, 'ws'));
   });
 
   it('a client whose transport to the gateway is cut resumes through it (RESUME routed by the cache)', async (t) => {

@@ -90,6 +90,31 @@ const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
   'RESUME_SEQ_INVALID',
   'CONTINUATION_CORRUPT',
 ]);
+/** INSTANCE_ELSEWHERE answers followed in a row before backing off (owners can move meanwhile). */
+const MAX_HELLO_REDIRECTS = 3;
+
+/**
+ * Where an INSTANCE_ELSEWHERE answer sends a HELLO: the URL in its message, if it parses and keeps
+ * the transport's security (ws→ws or wss, wss→wss, tcp→tcp or tls, tls→tls). Undefined otherwise.
+ */
+export function redirectTarget(from: string, to: string): string | undefined {
+  let a: URL;
+  let b: URL;
+  try {
+    a = new URL(from);
+    b = new URL(to);
+  } catch {
+    return undefined;
+  }
+  const allowed: Record<string, readonly string[]> = {
+    'ws:': ['ws:', 'wss:'],
+    'wss:': ['wss:'],
+    'tcp:': ['tcp:', 'tls:'],
+    'tls:': ['tls:'],
+  };
+  return allowed[a.protocol]?.includes(b.protocol) ? to : undefined;
+}
+
 const FATAL_ON_HELLO: ReadonlySet<CodeName> = new Set<CodeName>(['UNKNOWN_SERVICE', 'HANDSHAKE_FAILED', 'OVERLOADED']);
 
 const utf8 = new TextEncoder();
@@ -320,6 +345,8 @@ export class Session extends Emitter<SessionEvents> {
   /** First connection: HELLO, retried with backoff until it succeeds or connectTimeoutMs passes. */
   private async run(): Promise<void> {
     const started = this.clock.now();
+    const given = this._url;
+    let redirects = 0;
     for (;;) {
       if (this._state !== 'connecting') return;
       let conn: FramedConnection | undefined;
@@ -355,6 +382,16 @@ export class Session extends Emitter<SessionEvents> {
         this.connecting = undefined;
         conn?.abort();
         const e = asRoamError(err);
+        if (e.code === 'INSTANCE_ELSEWHERE') {
+          // The keyed instance runs on another host of the cluster: open the session there.
+          const to = redirectTarget(this._url, e.message);
+          if (to !== undefined && redirects < MAX_HELLO_REDIRECTS) {
+            redirects++;
+            this._url = to;
+            this.publish({ type: 'moved', url: to });
+            continue;
+          }
+        }
         if (FATAL_ON_HELLO.has(e.code)) {
           this.finish({ type: 'lost', reason: lostReasonFor(e.code), code: e.code, message: e.message });
           return;
@@ -369,6 +406,10 @@ export class Session extends Emitter<SessionEvents> {
           return;
         }
         this.warn(e);
+        // A redirect that led nowhere (its host just died, say): start over where the application
+        // pointed us, whose answer is current.
+        this._url = given;
+        redirects = 0;
         await this.backoff();
       }
     }

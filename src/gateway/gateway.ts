@@ -83,6 +83,8 @@ export interface GatewayCounters {
   refused: number;
   /** Splice links taken from the pool of open ones instead of opened on demand. */
   pooled: number;
+  /** Keyed HELLOs a host sent on to the instance's owner (INSTANCE_ELSEWHERE), followed here. */
+  redirected: number;
 }
 
 interface Ctx {
@@ -112,7 +114,14 @@ const silent: GatewayLogger = { debug: noop, info: noop, warn: noop, error: noop
  * there and relays from then on. See docs/gateway.md.
  */
 export class Gateway {
-  readonly counters: GatewayCounters = { clients: 0, splices: 0, resplices: 0, refused: 0, pooled: 0 };
+  readonly counters: GatewayCounters = {
+    clients: 0,
+    splices: 0,
+    resplices: 0,
+    refused: 0,
+    pooled: 0,
+    redirected: 0,
+  };
   private readonly listeners: Listener[] = [];
   private readonly splices = new Set<ClientSplice>();
   private readonly ctx: Ctx;
@@ -298,6 +307,9 @@ class ClientSplice {
    * with the client's RESUME (which answers our nonce, so either host accepts it).
    */
   private back: { host: RoutedHost; nonce: Uint8Array; resume: Uint8Array } | undefined;
+  /** The client's first frame and the CHALLENGE it answered, kept to replay a redirected HELLO. */
+  private opening: { first: Frame; nonce: Uint8Array } | undefined;
+  private redirects = 0;
 
   constructor(
     private readonly ctx: Ctx,
@@ -321,6 +333,7 @@ class ClientSplice {
     let host: RoutedHost;
     try {
       first = await client.nextFrame(ctx.handshakeTimeoutMs, ctx.clock);
+      this.opening = { first, nonce };
       if (this.ended) return;
       host = await this.route(first, nonce);
     } catch (err) {
@@ -442,6 +455,12 @@ class ClientSplice {
           // MOVE). Forget it and let the client retry: the next RESUME asks the directory.
           table.forgetSession(this.sid);
           this.fail('TRANSPORT_CLOSED', 'session not on the cached host; reconnect');
+          return;
+        }
+        if (!this.established && f.code === 'INSTANCE_ELSEWHERE' && this.opening?.first.type === FrameType.HELLO) {
+          // A keyed instance's owner is another host (our cache or the directory lagged): take
+          // the same HELLO there; the client only sees the WELCOME.
+          void this.redirectHello(f.message);
           return;
         }
         if (!this.established && f.code === 'MIGRATION_ABORTED' && this.back) {
@@ -566,6 +585,46 @@ class ClientSplice {
     }
     sw.link = link;
     this.finishSwitch(sw);
+  }
+
+  /** Replays the client's HELLO to the host an INSTANCE_ELSEWHERE named (its client URL). */
+  private async redirectHello(url: string): Promise<void> {
+    const { ctx } = this;
+    const opening = this.opening as { first: Frame; nonce: Uint8Array };
+    const old = this.up;
+    this.up = undefined;
+    if (old) hangUp(old);
+    let dest: RoutedHost | undefined;
+    try {
+      dest = await ctx.table.byClientUrl(url);
+    } catch {
+      dest = undefined;
+    }
+    if (this.ended) return;
+    if (!dest || ++this.redirects > MAX_REDIRECTS) {
+      this.fail('UNAVAILABLE', `the instance's host (${url}) is not one this gateway can reach; retry`);
+      return;
+    }
+    if (this.instance) ctx.table.rememberInstance(this.instance, dest.id);
+    this.setHost(dest);
+    let up: FramedConnection;
+    try {
+      up = await ctx.openLink(dest, opening.nonce, this.remote);
+    } catch (err) {
+      if (this.ended) return;
+      this.fail('UNAVAILABLE', `host ${dest.id} could not be reached: ${asRoamError(err).message}; retry`);
+      return;
+    }
+    if (this.ended || !this.client.isOpen) {
+      up.abort();
+      this.end('client left during a redirect');
+      return;
+    }
+    ctx.counters.redirected++;
+    ctx.log.debug({ host: dest.id, instance: this.instance }, 'gateway: HELLO redirected to the instance owner');
+    this.up = up;
+    up.setHandler(this.upstreamHandler(up));
+    up.writeFrame(opening.first);
   }
 
   /** Takes the client's RESUME back to the host a tentative MOVE came from. */
@@ -706,6 +765,9 @@ class ClientSplice {
 }
 
 /** Sends what is queued, then closes the transport without a frame of our own. */
+/** INSTANCE_ELSEWHERE answers one HELLO may follow (owners may move meanwhile). */
+const MAX_REDIRECTS = 3;
+
 function hangUp(conn: FramedConnection): void {
   conn.flush();
   conn.transport.close();

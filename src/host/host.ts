@@ -15,6 +15,7 @@ import {
   ClusterKeys,
   type DrainStatus,
   decodeJson,
+  encodeJson,
   type HostedInstance,
   type HostedService,
   type LocationRecord,
@@ -174,6 +175,8 @@ export class Host extends Emitter<HostEvents> {
     migratedIn: 0,
     migrationsAborted: 0,
     fenced: 0,
+    /** Keyed HELLOs sent to the host that runs their instance (INSTANCE_ELSEWHERE). */
+    redirected: 0,
     /** Application payload bytes from clients / from services to clients. */
     bytesIn: 0,
     bytesOut: 0,
@@ -289,7 +292,12 @@ export class Host extends Emitter<HostEvents> {
       );
     }
     const services: SessionServerOptions['services'] = {};
-    for (const s of opts.services) services[s.name] = { open: (session) => this.onOpen(s.name, session) };
+    for (const s of opts.services) {
+      services[s.name] = {
+        open: (session) => this.onOpen(s.name, session),
+        admit: (hello) => this.admit(s.name, hello.key),
+      };
+    }
     this.server = new SessionServer({
       sessionTtlMs: this.ttlMs,
       ...opts.server,
@@ -835,6 +843,52 @@ export class Host extends Emitter<HostEvents> {
         if (session.state === 'attached') this.markAttached(ie, session.id);
       })
       .catch(refuse);
+  }
+
+  /**
+   * A keyed HELLO in a cluster, before WELCOME: a keyed instance has one owner cluster-wide. When
+   * no host runs it yet, this host claims its location in the Store, a compare-and-set from "no
+   * owner"; two hosts taking HELLOs for the same new key at once both try, and one wins. When
+   * another host in the host table owns it (whatever its status: a suspect host may be alive, a
+   * leaving one may still be moving it), the client is sent there. Only an owner gone from the
+   * table (left or purged) is taken over, at the next epoch, so its old sessions are fenced.
+   */
+  private async admit(service: string, rawKey: string | undefined): Promise<void> {
+    const member = this.member;
+    if (rawKey === undefined || !member) return;
+    const { worker } = this.worker(service);
+    let r: { inst: string; key: string | undefined };
+    try {
+      r = await worker.request<{ inst: string; key: string | undefined }>({ op: 'resolve', sid: '', key: rawKey });
+    } catch {
+      // A key the service refuses: open() refuses the session as on a lone host.
+      return;
+    }
+    if (r.key === undefined || this.instances.has(r.inst)) return;
+    const name = ClusterKeys.location(r.inst);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const e = await this.store.get(name);
+      const loc = e ? decodeJson<LocationRecord>(e.value) : undefined;
+      if (loc?.host === this.id) return;
+      if (loc) {
+        const owner = (await member.hosts()).find((h) => h.id === loc.host);
+        if (owner?.clientUrl) {
+          this.counters.redirected++;
+          this.log.debug({ instance: r.inst, owner: owner.id }, 'keyed HELLO sent to the owner');
+          throw new RoamError('INSTANCE_ELSEWHERE', owner.clientUrl);
+        }
+      }
+      const epoch = loc ? loc.epoch + 1 : 0;
+      const record: LocationRecord = { instance: r.inst, service, host: this.id, epoch };
+      try {
+        await this.store.compareAndSet(name, e?.revision ?? 0, encodeJson(record));
+        this.epochs.set(r.inst, epoch);
+        return;
+      } catch (err) {
+        if (!(err instanceof RoamError) || err.code !== 'STORE_CONFLICT') throw err;
+      }
+    }
+    throw new RoamError('UNAVAILABLE', `could not settle which host runs instance ${r.inst}; retry`);
   }
 
   /** Brings a keyed instance back from its complete continuation, if the Store has one. */

@@ -31,6 +31,12 @@ import { createLogger, type Logger } from './logger.js';
  */
 export interface SessionHandler {
   open(session: ServerSession): void;
+  /**
+   * Runs before WELCOME, so a HELLO can still be refused or sent elsewhere without a session
+   * ever existing: throw a RoamError (e.g. `INSTANCE_ELSEWHERE`) and the client gets it as an
+   * ERROR frame.
+   */
+  admit?(hello: { service: string; key: string | undefined }): Promise<void>;
 }
 
 export interface SessionServerOptions {
@@ -245,6 +251,7 @@ export class SessionServer {
     if (this.sessions.size >= this.maxSessions) {
       throw new RoamError('OVERLOADED', `session limit of ${this.maxSessions} reached`);
     }
+    if (handler.admit) await handler.admit({ service: hello.service, key: hello.key });
     const engineOpts = this.opts.engine ?? {};
     const { sessionId, key } = await serverWelcome(
       conn,
