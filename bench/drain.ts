@@ -76,6 +76,7 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
     const [a] = cluster.hosts as [Cluster0];
     const echoes = new Map<Session, number[]>();
     const filled = new Map<Session, () => void>();
+    const echoed = new Map<Session, () => void>();
     process.stderr.write(`drain: opening ${n} sessions on ${a.id.slice(0, 12)}\n`);
     for (let i = 0; i < n; i += 200) {
       const batch = Array.from({ length: Math.min(200, n - i) }, () => {
@@ -89,21 +90,33 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
         echoes.set(s, []);
         s.on('message', (d, ch) => {
           const text = dec.decode(d);
-          if (ch === 2) echoes.get(s)?.push(Number(text));
+          if (ch === 2) {
+          const list = echoes.get(s);
+          list?.push(Number(text));
+          if (list?.length === 2) echoed.get(s)?.();
+        }
           if (ch === 1 && text.startsWith('filled')) filled.get(s)?.();
         });
         return s;
       });
       await Promise.all(batch.map((s) => s.ready));
-      await Promise.all(
-        batch.map(
-          (s) =>
-            new Promise<void>((resolve) => {
-              filled.set(s, resolve);
-              s.send('fill 4 1024');
-              s.send('1');
-            }),
+      let pending = batch.length;
+      await within(
+        60_000,
+        Promise.all(
+          batch.map(
+            (s) =>
+              new Promise<void>((resolve) => {
+                filled.set(s, () => {
+                  pending--;
+                  resolve();
+                });
+                s.send('fill 4 1024');
+                s.send('1');
+              }),
+          ),
         ),
+        () => `setup: ${pending} of the ${batch.length} sessions opened after ${i} never answered "fill"`,
       );
       sessions.push(...batch);
     }
@@ -146,26 +159,38 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
     const cpu0 = cpuMs(pids);
     const t0 = performance.now();
     await cluster.api<DrainStatus>('/api/drain', { host: a.id, concurrency: 4, batchSize: 250, deadlineMs: 600_000 });
-    const done = await over;
+    const done = await within(600_000, over, () => 'the drain did not end');
     const seconds = (performance.now() - t0) / 1000;
-    await allIn;
+    await within(120_000, allIn, () => {
+      const states = new Map<string, number>();
+      for (const s of sessions) {
+        if (resumed.has(s)) continue;
+        const k = `${s.state}${s.url === a.clientUrl ? ' (still at the source)' : ''}`;
+        states.set(k, (states.get(k) ?? 0) + 1);
+      }
+      return `${sessions.length - resumed.size} clients never resumed at their new host: ${JSON.stringify([...states])}`;
+    });
     const clientsSeconds = (performance.now() - t0) / 1000;
     const cpuSeconds = (cpuMs(pids) - cpu0) / 1000;
     ac.abort();
     process.stderr.write(`\n  drain ${done.state}: ${done.moved} moved in ${seconds.toFixed(2)} s\n`);
     // Every session's own counter moved with it: 2 must follow 1.
-    for (const s of sessions) s.send('2');
-    await Promise.all(
-      sessions.map(
-        (s) =>
-          new Promise<void>((resolve) => {
-            const check = () => {
-              if ((echoes.get(s)?.length ?? 0) >= 2) resolve();
-              else setImmediate(check);
-            };
-            check();
-          }),
+    let waiting = sessions.length;
+    await within(
+      60_000,
+      Promise.all(
+        sessions.map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              echoed.set(s, () => {
+                waiting--;
+                resolve();
+              });
+              s.send('2');
+            }),
+        ),
       ),
+      () => `${waiting} sessions never echoed their second number`,
     );
     let lost = 0;
     let duplicated = 0;
@@ -228,6 +253,19 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
 type Cluster0 = Awaited<ReturnType<typeof startCluster>>['hosts'][0];
 
 const round3 = (x: number): number => Math.round(x * 1000) / 1000;
+
+/** `p`, or an error saying what never happened if it takes longer than `ms`: a stall fails the bench. */
+async function within<T>(ms: number, p: Promise<T>, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what()} (within ${ms / 1000} s)`)), ms);
+  });
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /**
@@ -320,7 +358,7 @@ async function wsBaseline(n: number): Promise<{ seconds: number; cpu_seconds: nu
     const cpu0 = cpuMs(pids);
     const t0 = performance.now();
     a.send(`move ${BASELINE_WINDOW} ${b.url} ${c.url}`);
-    await done;
+    await within(120_000, done, () => `baseline: ${n - moved} raw ws clients never moved`);
     const seconds = (performance.now() - t0) / 1000;
     const cpuSeconds = (cpuMs(pids) - cpu0) / 1000;
     process.stderr.write(`  baseline: ${n} raw ws clients moved in ${seconds.toFixed(2)} s\n`);

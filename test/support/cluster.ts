@@ -12,6 +12,7 @@ import {
   newClusterSecret,
   parseClusterSecret,
 } from '../../src/transport/cluster.js';
+import { reapOnExit } from './children.js';
 import { NODE_ARGS, ROAM } from './cli.js';
 import { SERVICES } from './host.js';
 import { tempDir } from './server.js';
@@ -62,10 +63,12 @@ export interface Cluster {
 
 /** Starts `roam <args>` and waits for its first stdout line (JSON). */
 export async function startRoam(args: string[], env: Record<string, string> = {}): Promise<RoamProcess> {
-  const child = spawn(process.execPath, [...NODE_ARGS, ROAM, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ROAM_LOG_LEVEL: process.env.ROAM_LOG_LEVEL ?? 'warn', ...env },
-  });
+  const child = reapOnExit(
+    spawn(process.execPath, [...NODE_ARGS, ROAM, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ROAM_LOG_LEVEL: process.env.ROAM_LOG_LEVEL ?? 'warn', ...env },
+    }),
+  );
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {
     stderr += d.toString();

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { openSqliteStore } from '../../src/store/index.js';
+import { reapOnExit } from './children.js';
 import { SERVICES } from './host.js';
 import { tempDir } from './server.js';
 
@@ -24,10 +25,15 @@ export async function spawnHost(opts: { graceMs?: number } = {}): Promise<Spawne
   const dbPath = `${dir.path}/roam.db`;
   const children = new Set<ChildProcess>();
   const start = async (listen: string, counterModule: keyof typeof SERVICES = 'counter'): Promise<SpawnedHost> => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', SCRIPT, dbPath, listen, `counter=${SERVICES[counterModule]}`, `room=${SERVICES.room}`],
-      { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ROAM_GRACE_MS: String(opts.graceMs ?? 30_000) } },
+    const child = reapOnExit(
+      spawn(
+        process.execPath,
+        ['--import', 'tsx', SCRIPT, dbPath, listen, `counter=${SERVICES[counterModule]}`, `room=${SERVICES.room}`],
+        {
+          stdio: ['ignore', 'pipe', 'inherit'],
+          env: { ...process.env, ROAM_GRACE_MS: String(opts.graceMs ?? 30_000) },
+        },
+      ),
     );
     children.add(child);
     const exited = once(child, 'exit').finally(() => children.delete(child));
