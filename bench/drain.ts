@@ -91,10 +91,10 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
         s.on('message', (d, ch) => {
           const text = dec.decode(d);
           if (ch === 2) {
-          const list = echoes.get(s);
-          list?.push(Number(text));
-          if (list?.length === 2) echoed.get(s)?.();
-        }
+            const list = echoes.get(s);
+            list?.push(Number(text));
+            if (list?.length === 2) echoed.get(s)?.();
+          }
           if (ch === 1 && text.startsWith('filled')) filled.get(s)?.();
         });
         return s;

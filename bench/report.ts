@@ -36,6 +36,9 @@ const out: string[] = [
   'npm run bench -- drain [--quick]     # bench/results/drain.json',
   '```',
   '',
+  'A `--quick` run (smaller, for a first look) writes `<suite>-partial.json` instead, as do `--only`,',
+  '`--sides`, `--sizes` and `--diag`, so the results below always come from full runs.',
+  '',
 ];
 
 const s = load<SessionResult>('session');

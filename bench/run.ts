@@ -2,7 +2,7 @@
  * Bench runner: `npm run bench -- <suite> [--quick] [--only=a,b] [--sides=roam,ws] [--sizes=64,1024] [--diag]`
  *
  * Runs bench/<suite>.ts, writes pretty JSON to bench/results/<suite>.json (or <suite>-partial.json
- * when --only/--sides/--sizes/--diag changed the run) and prints a short summary. Progress goes to
+ * when --quick/--only/--sides/--sizes/--diag changed the run) and prints a short summary. Progress goes to
  * stderr, the summary to stdout. Exit codes: 0 ok, 1 the suite failed, 2 bad usage (unknown suite
  * or flag).
  */
@@ -84,8 +84,10 @@ async function main(): Promise<void> {
   const result = await mod.run(opts);
   const dir = fileURLToPath(new URL('./results/', import.meta.url));
   await mkdir(dir, { recursive: true });
-  // A partial or instrumented run (--only/--sides/--sizes/--diag) must not overwrite the full results.
-  const partial = opts.only !== undefined || opts.sides !== undefined || opts.sizes !== undefined || opts.diag === true;
+  // A quick, partial or instrumented run (--quick/--only/--sides/--sizes/--diag) must not overwrite
+  // the full results the docs are drawn from.
+  const partial =
+    opts.quick || opts.only !== undefined || opts.sides !== undefined || opts.sizes !== undefined || opts.diag === true;
   const file = `${dir}${suite}${partial ? '-partial' : ''}.json`;
   await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
   const summary = mod.summarize ? mod.summarize(result as never) : JSON.stringify(result, null, 2);
