@@ -7,7 +7,9 @@
  * gateway: the gateway re-splices), the `stream` service ticks at 1 kHz and rewrites one random
  * 1 KiB value on every tick, so the state is being dirtied while it moves. The instance migrates
  * back and forth `migrations` times with pre-copy, and as many times without it (stop-and-copy of
- * everything: the baseline, in the same run, alternating with the pre-copy moves).
+ * everything: the baseline, in the same run, alternating with the pre-copy moves). In direct mode
+ * a third arm in the same rotation moves with pre-copy but without MOVE hints, which measures
+ * what opening the client's transport during the pre-copy saves.
  *
  * gap = the longest interval between two consecutive counter messages the client received from
  * just before the move was requested until 100 indices after it committed. lost / duplicated
@@ -37,6 +39,12 @@ export interface MigrationCase {
   baseline_gap_ms_p50: number;
   baseline_gap_ms_p99: number;
   baseline_freeze_ms_p50: number;
+  /**
+   * Direct mode only: pre-copy moves without MOVE hints (the client opens its transport to the
+   * destination only at the MOVE), a third arm in the same rotation.
+   */
+  nohint_gap_ms_p50?: number;
+  nohint_gap_ms_p99?: number;
   /** Gap between consecutive indices while nothing moves (the 1 kHz timer's own jitter). */
   idle_gap_ms_p99: number;
 }
@@ -136,18 +144,30 @@ async function runCase(
   const pre: { gap: number[]; freeze: number[]; total: number[]; rounds: number[]; dirty: number[]; ratio: number[] } =
     { gap: [], freeze: [], total: [], rounds: [], dirty: [], ratio: [] };
   const base: { gap: number[]; freeze: number[] } = { gap: [], freeze: [] };
-  for (let i = 0; i < migrations * 2; i++) {
-    const precopy = i % 2 === 0;
+  const nohint: number[] = [];
+  // Arms in rotation: pre-copy, the stop-and-copy baseline and, in direct mode (a gateway keeps
+  // hints to itself), pre-copy without MOVE hints.
+  const arms = mode === 'direct' ? (['pre-copy', 'baseline', 'no hint'] as const) : (['pre-copy', 'baseline'] as const);
+  for (let i = 0; i < migrations * arms.length; i++) {
+    const arm = arms[i % arms.length] as (typeof arms)[number];
+    const precopy = arm !== 'baseline';
     const to = on === a.id ? b.id : a.id;
     const from = rx.last;
     const t0 = performance.now();
-    const rec = await cluster.api<MigrationRecord>('/api/migrate', { instance, to, precopy });
+    const rec = await cluster.api<MigrationRecord>('/api/migrate', {
+      instance,
+      to,
+      precopy,
+      ...(arm === 'no hint' ? { hint: false } : {}),
+    });
     const total = performance.now() - t0;
     on = to;
     const committedAt = rx.last;
     await rx.until(committedAt + 100);
     const gap = rx.gap(from, rx.last);
-    if (precopy) {
+    if (arm === 'no hint') {
+      nohint.push(gap);
+    } else if (precopy) {
       pre.gap.push(gap);
       pre.freeze.push(rec.phases.freezeMs);
       pre.total.push(total);
@@ -159,7 +179,7 @@ async function runCase(
       base.freeze.push(rec.phases.freezeMs);
     }
     process.stderr.write(
-      `  ${mode} ${stateBytes} B #${i} ${precopy ? 'pre-copy' : 'baseline'}: gap ${gap.toFixed(1)} ms, freeze ${rec.phases.freezeMs.toFixed(1)} ms, rounds ${rec.rounds.length}\n`,
+      `  ${mode} ${stateBytes} B #${i} ${arm}: gap ${gap.toFixed(1)} ms, freeze ${rec.phases.freezeMs.toFixed(1)} ms, rounds ${rec.rounds.length}\n`,
     );
   }
   s.close();
@@ -181,6 +201,7 @@ async function runCase(
     baseline_gap_ms_p50: round2(median(base.gap)),
     baseline_gap_ms_p99: round2(p99(base.gap)),
     baseline_freeze_ms_p50: round2(median(base.freeze)),
+    ...(nohint.length > 0 ? { nohint_gap_ms_p50: round2(median(nohint)), nohint_gap_ms_p99: round2(p99(nohint)) } : {}),
     idle_gap_ms_p99: round2(idle),
   };
 }
@@ -196,7 +217,7 @@ export async function run(opts: SuiteOptions): Promise<MigrationResult> {
     const n = opts.quick ? 5 : 30;
     for (const size of sizes) {
       for (const mode of modes) {
-        process.stderr.write(`migration: ${size} B state, ${mode} mode, ${n} + ${n} migrations\n`);
+        process.stderr.write(`migration: ${size} B state, ${mode} mode, ${n} migrations per arm\n`);
         cases.push(await runCase(cluster, gw.urls[0] as string, size, mode, n));
       }
     }

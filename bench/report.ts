@@ -105,19 +105,21 @@ if (m) {
   out.push(
     'A directory and two hosts as separate processes on one SQLite Store; the client in the bench process. The',
     '`stream` service ticks at 1 kHz and rewrites one random 1 KiB value of its state on every tick. Each case',
-    'alternates migrations with pre-copy and without (stop-and-copy of everything: the baseline). gap = longest',
+    'alternates migrations with pre-copy and without (stop-and-copy of everything: the baseline); in direct mode a',
+    'third arm moves with pre-copy but without MOVE hints (the client connects to the destination only at the MOVE',
+    'instead of during the pre-copy; a gateway keeps hints to itself). gap = longest',
     'interval between consecutive ticks seen by the client around the move; `idle` = the same measure with',
     'nothing moving (the 1 kHz timer’s own jitter on this machine).',
     '',
   );
   out.push(
-    '| state | mode | gap p50 | gap p99 | freeze p50 | total p50 | rounds | final dirty | sent / state | lost | dup | baseline gap p50 | baseline freeze p50 | idle gap |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| state | mode | gap p50 | gap p99 | freeze p50 | total p50 | rounds | final dirty | sent / state | lost | dup | baseline gap p50 | baseline freeze p50 | no-hint gap p50 / p99 | idle gap |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   );
   const kib = (b: number) => (b >= 1 << 20 ? `${fmt(b / (1 << 20))} MiB` : `${fmt(b / 1024)} KiB`);
   for (const c of m.cases) {
     out.push(
-      `| ${kib(c.state_bytes)} | ${c.mode} | ${fmt(c.gap_ms_p50, 1)} ms | ${fmt(c.gap_ms_p99, 1)} ms | ${fmt(c.freeze_ms_p50, 1)} ms | ${fmt(c.total_ms_p50, 0)} ms | ${c.rounds_p50} | ${kib(c.final_dirty_bytes_p50)} | ${fmt(c.bytes_sent_over_state, 2)} | ${c.lost} | ${c.duplicated} | ${fmt(c.baseline_gap_ms_p50, 1)} ms | ${fmt(c.baseline_freeze_ms_p50, 1)} ms | ${fmt(c.idle_gap_ms_p99, 1)} ms |`,
+      `| ${kib(c.state_bytes)} | ${c.mode} | ${fmt(c.gap_ms_p50, 1)} ms | ${fmt(c.gap_ms_p99, 1)} ms | ${fmt(c.freeze_ms_p50, 1)} ms | ${fmt(c.total_ms_p50, 0)} ms | ${c.rounds_p50} | ${kib(c.final_dirty_bytes_p50)} | ${fmt(c.bytes_sent_over_state, 2)} | ${c.lost} | ${c.duplicated} | ${fmt(c.baseline_gap_ms_p50, 1)} ms | ${fmt(c.baseline_freeze_ms_p50, 1)} ms | ${c.nohint_gap_ms_p50 === undefined ? '–' : `${fmt(c.nohint_gap_ms_p50, 1)} / ${fmt(c.nohint_gap_ms_p99 ?? 0, 1)} ms`} | ${fmt(c.idle_gap_ms_p99, 1)} ms |`,
     );
   }
   const mib = m.cases.filter((c) => c.state_bytes === 1 << 20);

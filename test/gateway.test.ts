@@ -150,6 +150,8 @@ function holder(hosts: TestHost[], id: string): TestHost {
 async function moveByHand(from: TestHost, to: TestHost, id: string, clientUrl: string): Promise<void> {
   const s = from.server.getSession(id);
   assert.ok(s);
+  // As a migrating host does during pre-copy; the gateway keeps the hint from the client.
+  assert.ok(await s.hintMove(clientUrl), 'the hint went out on an attached transport');
   s.engine.freeze();
   const engine = SessionEngine.restore(s.engine.exportTransport());
   const copy = new ServerSession(s.sessionId, s.service, s.key, engine, s.keyForResume);

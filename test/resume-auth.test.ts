@@ -10,6 +10,7 @@ import {
   Labels,
   ManualClock,
   mac,
+  moveMac,
   newNonce,
   randomBytes,
   type Transport,
@@ -290,5 +291,114 @@ describe('tentative MOVE', () => {
     assert.equal(asked, 1);
     assert.deepEqual(warnings, ['MIGRATION_ABORTED']);
     await echoRoundTrip(s, 'served where it was');
+  });
+});
+
+describe('MOVE hint', () => {
+  /** A connector that records each transport it opens: URL, and whether it was closed. */
+  function trackingConnector() {
+    const opened: Array<{ url: string; closed: boolean }> = [];
+    let onOpen = (): void => {};
+    const connector: Connector = async (url, o) => {
+      const t = await connectTransport(url, { localAddress: o.localAddress });
+      const rec = { url, closed: false };
+      opened.push(rec);
+      const close = t.close.bind(t);
+      t.close = () => {
+        rec.closed = true;
+        close();
+      };
+      onOpen();
+      return t;
+    };
+    /** Resolves once `n` transports were opened in all. */
+    const openedCount = (n: number): Promise<void> =>
+      new Promise((r) => {
+        onOpen = () => opened.length >= n && r();
+        onOpen();
+      });
+    return { connector, opened, openedCount };
+  }
+
+  it('opens the transport to the announced endpoint ahead of the MOVE, keeps the old one, and resumes on it', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    const other = await srv.server.listen('ws://127.0.0.1:0');
+    const tc = trackingConnector();
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector: tc.connector });
+    t.after(() => s.close());
+    const events: string[] = [];
+    s.on('event', (e) => events.push(e.type));
+    await s.ready;
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+
+    assert.equal(await serverSide.hintMove(other.url), true);
+    await tc.openedCount(2);
+    assert.equal(tc.opened[1]?.url, other.url, 'the second transport goes to the announced endpoint');
+    // Nothing moved: the session is still served on its first transport.
+    await echoRoundTrip(s, 'still on the first transport');
+    assert.equal(s.url, srv.ws);
+    assert.deepEqual(events, ['open']);
+
+    const resumed = nextEvent(s, 'resumed');
+    assert.equal(await serverSide.move(other.url), true);
+    await resumed;
+    assert.equal(s.url, other.url);
+    await echoRoundTrip(s, 'at the announced endpoint');
+    assert.equal(tc.opened.length, 2, 'the MOVE used the prepared transport: no third connection');
+    assert.equal(tc.opened[1]?.closed, false);
+    assert.deepEqual(events, ['open', 'moved', 'suspended', 'resumed']);
+  });
+
+  it('drops a hint whose proof does not verify, or that is a MOVE proof under the hint flag', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    const other = await srv.server.listen('ws://127.0.0.1:0');
+    const tc = trackingConnector();
+    let inject: ((b: Uint8Array) => void) | undefined;
+    const connector: Connector = async (url, o) => {
+      const tr = await tc.connector(url, o);
+      const bind = tr.bind.bind(tr);
+      tr.bind = (h) => {
+        inject = h.data;
+        bind(h);
+      };
+      return tr;
+    };
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector });
+    t.after(() => s.close());
+    const warnings: string[] = [];
+    s.on('warning', (w) => warnings.push(w.code));
+    await s.ready;
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+    const forged = { type: FrameType.MOVE, moveId: 1, url: other.url, token: new Uint8Array(0), hint: true } as const;
+    inject?.(encodeFrame({ ...forged, mac: randomBytes(32) }));
+    // A genuine MOVE proof must not pass as a hint (the labels differ), and the reverse.
+    const moveProof = await moveMac(serverSide.keyForResume, serverSide.sessionId, 1, other.url, new Uint8Array(0));
+    inject?.(encodeFrame({ ...forged, mac: moveProof }));
+    await echoRoundTrip(s, 'unmoved');
+    assert.deepEqual(warnings, ['MOVE_INVALID', 'MOVE_INVALID']);
+    assert.equal(tc.opened.length, 1, 'no transport was opened for a hint that does not verify');
+  });
+
+  it('closes a prepared transport when the session closes', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    const other = await srv.server.listen('ws://127.0.0.1:0');
+    const tc = trackingConnector();
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector: tc.connector });
+    await s.ready;
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+    await serverSide.hintMove(other.url);
+    await tc.openedCount(2);
+    const closed = nextEvent(s, 'closed');
+    s.close();
+    await closed;
+    // The abort is chained on the connection promise: one more turn of the event loop.
+    await new Promise((r) => setImmediate(r));
+    assert.equal(tc.opened[1]?.closed, true);
   });
 });

@@ -90,6 +90,9 @@ const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
   'RESUME_SEQ_INVALID',
   'CONTINUATION_CORRUPT',
 ]);
+/** How long a transport opened on a MOVE hint waits for its MOVE (servers accept a challenge for 10 s). */
+const PREPARED_TTL_MS = 5000;
+
 /** INSTANCE_ELSEWHERE answers followed in a row before backing off (owners can move meanwhile). */
 const MAX_HELLO_REDIRECTS = 3;
 
@@ -162,6 +165,8 @@ export class Session extends Emitter<SessionEvents> {
    * says the migration aborted, the session resumes where it came from.
    */
   private fallbackUrl: string | undefined;
+  /** A transport opened ahead of a MOVE the server announced (a hint), until it is used or expires. */
+  private prepared: { url: string; conn: Promise<FramedConnection | undefined>; timer: TimerHandle } | undefined;
   private wakeTimer: TimerHandle | undefined;
   private wake: (() => void) | undefined;
   private attempt = 0;
@@ -321,6 +326,7 @@ export class Session extends Emitter<SessionEvents> {
     this._state = ev.type;
     this.letGo();
     this.cancelWait();
+    this.dropPrepared();
     this.rejectReady(
       new RoamError(ev.code, ev.type === 'lost' ? `session lost: ${ev.message}` : `session closed: ${ev.reason}`),
     );
@@ -329,17 +335,67 @@ export class Session extends Emitter<SessionEvents> {
 
   /** Opens a transport and frames it; undefined (and nothing left open) if the state moved on meanwhile. */
   private async openConnection(expected: SessionState): Promise<FramedConnection | undefined> {
-    const transport = await this.connector(this._url, { localAddress: this.localAddress });
-    const conn = new FramedConnection(transport, {
-      maxFrameBytes: this.maxFrameBytes,
-      maxQueuedBytes: this.maxQueuedBytes,
-    });
+    const ready = await this.takePrepared(this._url);
+    const conn = ready ?? this.frame(await this.connector(this._url, { localAddress: this.localAddress }));
     this.connecting = conn;
     if (this._state !== expected) {
       conn.abort();
       return undefined;
     }
     return conn;
+  }
+
+  private frame(transport: Transport): FramedConnection {
+    return new FramedConnection(transport, { maxFrameBytes: this.maxFrameBytes, maxQueuedBytes: this.maxQueuedBytes });
+  }
+
+  /**
+   * A MOVE hint: the server will soon move the session to `url`. Open the transport there now (its
+   * CHALLENGE waits in the connection's queue) and keep using the current one; the MOVE then
+   * resumes on it without connection setup. Unused, it is closed after PREPARED_TTL_MS, well
+   * within the server's challenge lifetime.
+   */
+  private onMoveHint(url: string): void {
+    if (this.prepared?.url === url) return;
+    this.dropPrepared();
+    const entry = {
+      url,
+      conn: Promise.resolve<FramedConnection | undefined>(undefined),
+      timer: this.clock.setTimeout(() => {
+        if (this.prepared === entry) this.dropPrepared();
+      }, PREPARED_TTL_MS),
+    };
+    entry.conn = this.connector(url, { localAddress: this.localAddress }).then(
+      (transport) => {
+        const conn = this.frame(transport);
+        if (this.prepared === entry) return conn;
+        conn.abort();
+        return undefined;
+      },
+      // Unreachable now: the MOVE, if it comes, connects (and falls back) as usual.
+      () => undefined,
+    );
+    this.prepared = entry;
+  }
+
+  /** The transport prepared for `url`, if there is one and it is still open. */
+  private async takePrepared(url: string): Promise<FramedConnection | undefined> {
+    const p = this.prepared;
+    if (!p || p.url !== url) return undefined;
+    this.prepared = undefined;
+    this.clock.clearTimeout(p.timer);
+    const conn = await p.conn;
+    if (conn?.isOpen) return conn;
+    conn?.abort();
+    return undefined;
+  }
+
+  private dropPrepared(): void {
+    const p = this.prepared;
+    if (!p) return;
+    this.prepared = undefined;
+    this.clock.clearTimeout(p.timer);
+    void p.conn.then((c) => c?.abort());
   }
 
   /** First connection: HELLO, retried with backoff until it succeeds or connectTimeoutMs passes. */
@@ -525,6 +581,12 @@ export class Session extends Emitter<SessionEvents> {
       this.warn(new RoamError('MOVE_INVALID', `${codeText('MOVE_INVALID')} (moveId ${f.moveId})`));
       return;
     }
+    if (f.hint) {
+      // Only a hint of a move still to come; it takes no move id.
+      if (f.moveId > this.lastMoveId && this._state === 'open') this.onMoveHint(f.url);
+      return;
+    }
+    if (this.prepared && this.prepared.url !== f.url) this.dropPrepared();
     // A host repeats a MOVE (same id, same endpoint) to a client that came back before the move
     // completed; any other id at or below the last one is a replay.
     const repeat = f.moveId === this.lastMoveId && f.url === this.lastMoveUrl;

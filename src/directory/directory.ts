@@ -809,6 +809,10 @@ export class Directory {
       throw new RoamError('INVALID_ARGUMENT', 'precopy must be a boolean');
     }
     const precopy = o.precopy as boolean | undefined;
+    if (o.hint !== undefined && typeof o.hint !== 'boolean') {
+      throw new RoamError('INVALID_ARGUMENT', 'hint must be a boolean');
+    }
+    const hint = o.hint as boolean | undefined;
     const owner = await this.findOwner(instance);
     return clusterFetch<MigrationRecord>(owner.peerUrl, '/peer/migrate', {
       secret: this.opts.secret,
@@ -817,6 +821,7 @@ export class Directory {
         ...(to === undefined ? {} : { to }),
         ...(labels === undefined ? {} : { labels }),
         ...(precopy === undefined ? {} : { precopy }),
+        ...(hint === undefined ? {} : { hint }),
       },
       timeoutMs: this.t.migrateTimeoutMs,
     });

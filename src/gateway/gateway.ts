@@ -437,8 +437,9 @@ class ClientSplice {
         this.back = undefined;
         break;
       case FrameType.MOVE:
-        // Never forwarded: the gateway follows the move itself.
-        this.onMove(f.url);
+        // Never forwarded: the gateway follows the move itself. A hint needs nothing from it:
+        // its links to hosts are already open (the splice pool).
+        if (!f.hint) this.onMove(f.url);
         return;
       case FrameType.CLOSE:
         if (this.sid) table.forgetSession(this.sid);

@@ -458,7 +458,13 @@ export class Host extends Emitter<HostEvents> {
       return { sessions: id ? all.filter((s) => s.session === id) : all };
     });
     peer.route('POST', '/peer/migrate', async (body) => {
-      const b = (body ?? {}) as { instance?: unknown; to?: unknown; labels?: unknown; precopy?: unknown };
+      const b = (body ?? {}) as {
+        instance?: unknown;
+        to?: unknown;
+        labels?: unknown;
+        precopy?: unknown;
+        hint?: unknown;
+      };
       if (typeof b.instance !== 'string') {
         throw new RoamError('INVALID_ARGUMENT', 'POST /peer/migrate needs {"instance": id}');
       }
@@ -466,6 +472,9 @@ export class Host extends Emitter<HostEvents> {
         throw new RoamError('INVALID_ARGUMENT', '"to" must be a host id');
       if (b.precopy !== undefined && typeof b.precopy !== 'boolean') {
         throw new RoamError('INVALID_ARGUMENT', '"precopy" must be a boolean');
+      }
+      if (b.hint !== undefined && typeof b.hint !== 'boolean') {
+        throw new RoamError('INVALID_ARGUMENT', '"hint" must be a boolean');
       }
       const labels =
         b.labels && typeof b.labels === 'object' && !Array.isArray(b.labels)
@@ -475,6 +484,7 @@ export class Host extends Emitter<HostEvents> {
         ...(typeof b.to === 'string' ? { to: b.to } : {}),
         ...(labels ? { labels } : {}),
         ...(b.precopy === false ? { precopy: false } : {}),
+        ...(b.hint === false ? { hint: false } : {}),
         reason: 'operator',
       });
     });
@@ -536,14 +546,23 @@ export class Host extends Emitter<HostEvents> {
    */
   async migrate(
     inst: string,
-    opts: { to?: string; labels?: Record<string, string>; reason?: MigrationReason; precopy?: boolean } = {},
+    opts: {
+      to?: string;
+      labels?: Record<string, string>;
+      reason?: MigrationReason;
+      precopy?: boolean;
+      hint?: boolean;
+    } = {},
   ): Promise<MigrationRecord> {
     const { member, migrations } = this.clustered();
     const ie = this.instances.get(inst);
     if (!ie) throw new RoamError('NOT_FOUND', `no instance ${inst} on host ${this.id}`);
     const { meta } = this.worker(ie.service);
     const dest = await member.pickDestination(meta, { host: opts.to, labels: opts.labels });
-    return migrations.migrateOut([inst], dest, opts.reason ?? 'operator', { precopy: opts.precopy ?? true });
+    return migrations.migrateOut([inst], dest, opts.reason ?? 'operator', {
+      precopy: opts.precopy ?? true,
+      hint: opts.hint ?? true,
+    });
   }
 
   private clustered(): { member: ClusterMember; migrations: Migrations } {

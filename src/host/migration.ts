@@ -361,7 +361,11 @@ export class Migrations {
     insts: string[],
     dest: HostRecord,
     reason: MigrationReason,
-    opts: { precopy?: boolean } = {},
+    /**
+     * `precopy: false`: stop-and-copy only (the benchmark's baseline). `hint: false`: no MOVE
+     * hints, so clients open their new transport only at the MOVE (the benchmark's comparison).
+     */
+    opts: { precopy?: boolean; hint?: boolean } = {},
   ): Promise<MigrationRecord> {
     const h = this.host;
     const first = h.instance(insts[0] ?? '');
@@ -438,6 +442,16 @@ export class Migrations {
       if (answer.t !== 'accept') throw new RoamError('INTERNAL', `unexpected ${answer.t} instead of accept`);
       const tNeg = performance.now();
       rec.phases.negotiateMs = tNeg - t0;
+      if (opts.precopy !== false && opts.hint !== false) {
+        // While the state is pre-copied, attached clients open their transport to the destination
+        // (a MOVE hint), so the MOVE at the freeze finds it ready: no connection setup in the gap.
+        for (const inst of insts) {
+          for (const sid of this.membersOf(inst)) {
+            const s = h.session(sid);
+            if (s?.state === 'attached') void s.hintMove(dest.clientUrl);
+          }
+        }
+      }
 
       // Pre-copy.
       let marks: Array<PrecopyMark | undefined> = insts.map(() => undefined);

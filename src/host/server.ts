@@ -131,6 +131,17 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
     return this.engine.writeControl(encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac }));
   }
   /**
+   * Announces a MOVE to `url` (a MOVE frame with the hint flag): the client may open its transport
+   * there ahead of time while it keeps this one, so that the MOVE itself costs it no connection
+   * setup. Changes nothing here; returns false when no transport is attached.
+   */
+  async hintMove(url: string): Promise<boolean> {
+    const moveId = this.moveId + 1;
+    const token = new Uint8Array(0);
+    const mac = await moveMac(this.sessionKey, this.sessionId, moveId, url, token, true);
+    return this.engine.writeControl(encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac, hint: true }));
+  }
+  /**
    * Takes the next MOVE id for `url` without sending anything: a migration hands the id to the
    * destination (which continues after it) before it knows whether it will have to send it.
    */

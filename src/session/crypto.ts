@@ -176,4 +176,5 @@ export const Labels = {
   resume: 'roam/1 resume',
   resumed: 'roam/1 resumed',
   move: 'roam/1 move',
+  moveHint: 'roam/1 move hint',
 } as const;

@@ -228,16 +228,19 @@ export function moveMac(
   moveId: number,
   url: string,
   token: Uint8Array,
+  hint = false,
 ): Promise<Uint8Array> {
-  return mac(key, Labels.move, ...moveParts(sessionId, moveId, url, token));
+  return mac(key, hint ? Labels.moveHint : Labels.move, ...moveParts(sessionId, moveId, url, token));
 }
 
+/** Checks a MOVE's proof; a hint's proof has its own label, so neither verifies as the other. */
 export function verifyMove(
   key: SessionKey,
   sessionId: Uint8Array,
   f: Extract<Frame, { type: typeof FrameType.MOVE }>,
 ): Promise<boolean> {
-  return verifyMac(key, f.mac, Labels.move, ...moveParts(sessionId, f.moveId, f.url, f.token));
+  const label = f.hint ? Labels.moveHint : Labels.move;
+  return verifyMac(key, f.mac, label, ...moveParts(sessionId, f.moveId, f.url, f.token));
 }
 
 /** What a MOVE proof covers; the URL is length-prefixed so URL and token cannot trade bytes. */

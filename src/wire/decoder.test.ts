@@ -288,6 +288,14 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
     token: bytesUpTo(MAX_TEXT_BYTES),
     mac: bytesN(MAC_BYTES),
   }),
+  fc.record({
+    type: fc.constant(FrameType.MOVE),
+    moveId: u32Arb,
+    url: textArb(MAX_TEXT_BYTES, 1200),
+    token: bytesUpTo(MAX_TEXT_BYTES),
+    mac: bytesN(MAC_BYTES),
+    hint: fc.constant(true as const),
+  }),
   fc.record({ type: fc.constant(FrameType.CLOSE), code: codeArb, reason: closeTextArb }),
   fc.record({ type: fc.constant(FrameType.ERROR), code: codeArb, message: closeTextArb }),
 );

@@ -173,6 +173,17 @@ const SAMPLES: { name: string; frame: Frame }[] = [
     },
   },
   {
+    name: 'MOVE hint (flag bit 0)',
+    frame: {
+      type: FrameType.MOVE,
+      moveId: 7,
+      url: 'ws://127.0.0.1:7071',
+      token: new Uint8Array(0),
+      mac: bytes(MAC_BYTES, 18),
+      hint: true,
+    },
+  },
+  {
     name: 'MOVE with empty url and token',
     frame: { type: FrameType.MOVE, moveId: 0, url: '', token: new Uint8Array(0), mac: bytes(MAC_BYTES, 17) },
   },

@@ -89,13 +89,18 @@ export interface PongFrame {
   id: number;
   time: number;
 }
-/** Server redirects the client; `mac` = HMAC(key, "roam move" ‖ sessionId ‖ moveId ‖ url ‖ token). */
+/**
+ * Server redirects the client; `mac` = HMAC(key, "roam move" ‖ sessionId ‖ moveId ‖ url ‖ token).
+ * With `hint` (flag bit 0) it only announces a MOVE to come: the client may open a transport to
+ * `url` ahead of time, and keeps using the current one (the proof then has its own label).
+ */
 export interface MoveFrame {
   type: typeof FrameType.MOVE;
   moveId: number;
   url: string;
   token: Uint8Array;
   mac: Uint8Array;
+  hint?: true;
 }
 export interface CloseFrame {
   type: typeof FrameType.CLOSE;
@@ -123,6 +128,7 @@ export type Frame =
   | ErrorFrame;
 
 const FLAG_HAS_KEY = 1;
+const FLAG_MOVE_HINT = 1;
 const utf8enc = new TextEncoder();
 const utf8dec = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -372,7 +378,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       w.u16(f.token.length);
       w.bytes(f.token);
       w.bytes(f.mac);
-      return w.finish(f.type);
+      return w.finish(f.type, f.hint ? FLAG_MOVE_HINT : 0);
     }
     case FrameType.CLOSE:
     case FrameType.ERROR: {
@@ -459,6 +465,7 @@ export function decodePayload(type: number, flags: number, payload: Uint8Array):
       if (tokenLen > MAX_TEXT_BYTES) malformed('move token too long');
       const token = r.fixed(tokenLen);
       f = { type, moveId, url, token, mac: r.fixed(MAC_BYTES) };
+      if (flags & FLAG_MOVE_HINT) f.hint = true;
       break;
     }
     case FrameType.CLOSE:
