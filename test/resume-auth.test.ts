@@ -351,6 +351,40 @@ describe('MOVE hint', () => {
     assert.deepEqual(events, ['open', 'moved', 'suspended', 'resumed']);
   });
 
+  it('a MOVE that arrives while the prepared transport is still connecting waits for it and resumes on it', async (t) => {
+    const srv = await startTestServer();
+    t.after(() => srv.close());
+    const other = await srv.server.listen('ws://127.0.0.1:0');
+    const tc = trackingConnector();
+    // The connection to the announced endpoint completes only when the test says so.
+    let release = (): void => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    const connector: Connector = async (url, o) => {
+      if (url === other.url) await gate;
+      return tc.connector(url, o);
+    };
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector });
+    t.after(() => s.close());
+    await s.ready;
+    const serverSide = srv.server.getSession(s.id as string);
+    assert.ok(serverSide);
+    await serverSide.hintMove(other.url);
+    const suspended = nextEvent(s, 'suspended');
+    assert.equal(await serverSide.move(other.url), true);
+    await suspended;
+    const resumed = nextEvent(s, 'resumed');
+    release();
+    await resumed;
+    await echoRoundTrip(s, 'resumed on the transport the hint opened');
+    assert.deepEqual(
+      tc.opened.map((o) => o.url),
+      [srv.ws, other.url],
+      'one connection to the new endpoint: the one the hint started',
+    );
+  });
+
   it('drops a hint whose proof does not verify, or that is a MOVE proof under the hint flag', async (t) => {
     const srv = await startTestServer();
     t.after(() => srv.close());

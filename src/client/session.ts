@@ -90,6 +90,15 @@ const FATAL_ON_RESUME: ReadonlySet<CodeName> = new Set<CodeName>([
   'RESUME_SEQ_INVALID',
   'CONTINUATION_CORRUPT',
 ]);
+/** A transport being opened, or open, for a MOVE the server announced. */
+interface Prepared {
+  url: string;
+  conn: Promise<FramedConnection | undefined>;
+  timer: TimerHandle;
+  /** Given up (expired, another endpoint, session over): the connection is closed once it opens. */
+  dropped: boolean;
+}
+
 /** How long a transport opened on a MOVE hint waits for its MOVE (servers accept a challenge for 10 s). */
 const PREPARED_TTL_MS = 5000;
 
@@ -166,7 +175,7 @@ export class Session extends Emitter<SessionEvents> {
    */
   private fallbackUrl: string | undefined;
   /** A transport opened ahead of a MOVE the server announced (a hint), until it is used or expires. */
-  private prepared: { url: string; conn: Promise<FramedConnection | undefined>; timer: TimerHandle } | undefined;
+  private prepared: Prepared | undefined;
   private wakeTimer: TimerHandle | undefined;
   private wake: (() => void) | undefined;
   private attempt = 0;
@@ -358,17 +367,19 @@ export class Session extends Emitter<SessionEvents> {
   private onMoveHint(url: string): void {
     if (this.prepared?.url === url) return;
     this.dropPrepared();
-    const entry = {
+    const entry: Prepared = {
       url,
-      conn: Promise.resolve<FramedConnection | undefined>(undefined),
+      conn: Promise.resolve(undefined),
       timer: this.clock.setTimeout(() => {
         if (this.prepared === entry) this.dropPrepared();
       }, PREPARED_TTL_MS),
+      dropped: false,
     };
     entry.conn = this.connector(url, { localAddress: this.localAddress }).then(
       (transport) => {
         const conn = this.frame(transport);
-        if (this.prepared === entry) return conn;
+        // Taken by a MOVE while it connected (takePrepared awaits this very promise), or dropped.
+        if (!entry.dropped) return conn;
         conn.abort();
         return undefined;
       },
@@ -394,6 +405,7 @@ export class Session extends Emitter<SessionEvents> {
     const p = this.prepared;
     if (!p) return;
     this.prepared = undefined;
+    p.dropped = true;
     this.clock.clearTimeout(p.timer);
     void p.conn.then((c) => c?.abort());
   }
