@@ -138,23 +138,14 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
         });
         return s;
       });
-      let pending = batch.length;
-      await within(
-        60_000,
-        Promise.all(
-          batch.map(
-            (s) =>
-              new Promise<void>((resolve) => {
-                filled.set(s, () => {
-                  pending--;
-                  resolve();
-                });
-                s.send('fill 4 1024');
-                s.send('1');
-              }),
-          ),
-        ),
-        () => `setup: ${pending} of the ${batch.length} sessions opened after ${i} never answered "fill"`,
+      await everyAnswers(
+        batch,
+        filled,
+        (s) => {
+          s.send('fill 4 1024');
+          s.send('1');
+        },
+        `answered "fill" (setup, sessions ${i}+)`,
       );
       sessions.push(...batch);
     }
@@ -213,23 +204,7 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
     ac.abort();
     process.stderr.write(`\n  drain ${done.state}: ${done.moved} moved in ${seconds.toFixed(2)} s\n`);
     // Every session's own counter moved with it: 2 must follow 1.
-    let waiting = sessions.length;
-    await within(
-      60_000,
-      Promise.all(
-        sessions.map(
-          (s) =>
-            new Promise<void>((resolve) => {
-              echoed.set(s, () => {
-                waiting--;
-                resolve();
-              });
-              s.send('2');
-            }),
-        ),
-      ),
-      () => `${waiting} sessions never echoed their second number`,
-    );
+    await everyAnswers(sessions, echoed, (s) => s.send('2'), 'echoed their second number');
     let lost = 0;
     let duplicated = 0;
     for (const list of echoes.values()) {
@@ -353,6 +328,30 @@ async function startWsServer(): Promise<WsServer> {
       await exited;
     },
   };
+}
+
+/**
+ * Sends on every session and waits until `answered` fires for each; after 60 s fails saying how
+ * many never did.
+ */
+async function everyAnswers(
+  list: Session[],
+  answered: Map<Session, () => void>,
+  send: (s: Session) => void,
+  what: string,
+): Promise<void> {
+  let waiting = list.length;
+  const all = list.map(
+    (s) =>
+      new Promise<void>((resolve) => {
+        answered.set(s, () => {
+          waiting--;
+          resolve();
+        });
+        send(s);
+      }),
+  );
+  await within(60_000, Promise.all(all), () => `${waiting} of ${list.length} sessions never ${what}`);
 }
 
 /** Clients told to move and not yet gone, at most: roam's drain below runs 4 batches of 250. */

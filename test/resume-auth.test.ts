@@ -320,13 +320,19 @@ describe('MOVE hint', () => {
     return { connector, opened, openedCount };
   }
 
-  it('opens the transport to the announced endpoint ahead of the MOVE, keeps the old one, and resumes on it', async (t) => {
+  /** A test server listening twice (`other` is where hints point), and a client connected by `connector`. */
+  async function setup(t: { after(fn: () => unknown): void }, connector: Connector) {
     const srv = await startTestServer();
     t.after(() => srv.close());
     const other = await srv.server.listen('ws://127.0.0.1:0');
-    const tc = trackingConnector();
-    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector: tc.connector });
+    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector });
     t.after(() => s.close());
+    return { srv, other, s };
+  }
+
+  it('opens the transport to the announced endpoint ahead of the MOVE, keeps the old one, and resumes on it', async (t) => {
+    const tc = trackingConnector();
+    const { srv, other, s } = await setup(t, tc.connector);
     const events: string[] = [];
     s.on('event', (e) => events.push(e.type));
     await s.ready;
@@ -352,21 +358,18 @@ describe('MOVE hint', () => {
   });
 
   it('a MOVE that arrives while the prepared transport is still connecting waits for it and resumes on it', async (t) => {
-    const srv = await startTestServer();
-    t.after(() => srv.close());
-    const other = await srv.server.listen('ws://127.0.0.1:0');
     const tc = trackingConnector();
     // The connection to the announced endpoint completes only when the test says so.
     let release = (): void => {};
     const gate = new Promise<void>((r) => {
       release = r;
     });
-    const connector: Connector = async (url, o) => {
-      if (url === other.url) await gate;
+    let gated = '';
+    const { srv, other, s } = await setup(t, async (url, o) => {
+      if (url === gated) await gate;
       return tc.connector(url, o);
-    };
-    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector });
-    t.after(() => s.close());
+    });
+    gated = other.url;
     await s.ready;
     const serverSide = srv.server.getSession(s.id as string);
     assert.ok(serverSide);
@@ -386,12 +389,9 @@ describe('MOVE hint', () => {
   });
 
   it('drops a hint whose proof does not verify, or that is a MOVE proof under the hint flag', async (t) => {
-    const srv = await startTestServer();
-    t.after(() => srv.close());
-    const other = await srv.server.listen('ws://127.0.0.1:0');
     const tc = trackingConnector();
     let inject: ((b: Uint8Array) => void) | undefined;
-    const connector: Connector = async (url, o) => {
+    const { srv, other, s } = await setup(t, async (url, o) => {
       const tr = await tc.connector(url, o);
       const bind = tr.bind.bind(tr);
       tr.bind = (h) => {
@@ -399,9 +399,7 @@ describe('MOVE hint', () => {
         bind(h);
       };
       return tr;
-    };
-    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector });
-    t.after(() => s.close());
+    });
     const warnings: string[] = [];
     s.on('warning', (w) => warnings.push(w.code));
     await s.ready;
@@ -418,11 +416,8 @@ describe('MOVE hint', () => {
   });
 
   it('closes a prepared transport when the session closes', async (t) => {
-    const srv = await startTestServer();
-    t.after(() => srv.close());
-    const other = await srv.server.listen('ws://127.0.0.1:0');
     const tc = trackingConnector();
-    const s = connect(srv.ws, { service: 'echo', reconnect: { initialDelayMs: 5 }, connector: tc.connector });
+    const { srv, other, s } = await setup(t, tc.connector);
     await s.ready;
     const serverSide = srv.server.getSession(s.id as string);
     assert.ok(serverSide);

@@ -281,21 +281,18 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
   fc.record({ type: fc.constant(FrameType.ACK), seq: seqArb }),
   fc.record({ type: fc.constant(FrameType.PING), id: u32Arb, time: fc.double() }),
   fc.record({ type: fc.constant(FrameType.PONG), id: u32Arb, time: fc.double() }),
-  fc.record({
-    type: fc.constant(FrameType.MOVE),
-    moveId: u32Arb,
-    url: textArb(MAX_TEXT_BYTES, 1200),
-    token: bytesUpTo(MAX_TEXT_BYTES),
-    mac: bytesN(MAC_BYTES),
-  }),
-  fc.record({
-    type: fc.constant(FrameType.MOVE),
-    moveId: u32Arb,
-    url: textArb(MAX_TEXT_BYTES, 1200),
-    token: bytesUpTo(MAX_TEXT_BYTES),
-    mac: bytesN(MAC_BYTES),
-    hint: fc.constant(true as const),
-  }),
+  // MOVE and MOVE hint (flag bit 0): `hint` is present or absent, never false.
+  fc.record(
+    {
+      type: fc.constant(FrameType.MOVE),
+      moveId: u32Arb,
+      url: textArb(MAX_TEXT_BYTES, 1200),
+      token: bytesUpTo(MAX_TEXT_BYTES),
+      mac: bytesN(MAC_BYTES),
+      hint: fc.constant(true as const),
+    },
+    { requiredKeys: ['type', 'moveId', 'url', 'token', 'mac'] },
+  ),
   fc.record({ type: fc.constant(FrameType.CLOSE), code: codeArb, reason: closeTextArb }),
   fc.record({ type: fc.constant(FrameType.ERROR), code: codeArb, message: closeTextArb }),
 );
