@@ -7,9 +7,10 @@
  * gateway: the gateway re-splices), the `stream` service ticks at 1 kHz and rewrites one random
  * 1 KiB value on every tick, so the state is being dirtied while it moves. The instance migrates
  * back and forth `migrations` times with pre-copy, and as many times without it (stop-and-copy of
- * everything: the baseline, in the same run, alternating with the pre-copy moves). In direct mode
+ * everything: the baseline, in the same run, interleaved with the pre-copy moves). In direct mode
  * a third arm in the same rotation moves with pre-copy but without MOVE hints, which measures
- * what opening the client's transport during the pre-copy saves.
+ * what opening the client's transport during the pre-copy saves. Every block of moves runs each
+ * arm once, in a shuffled order.
  *
  * gap = the longest interval between two consecutive counter messages the client received from
  * just before the move was requested until 100 indices after it committed. lost / duplicated
@@ -148,8 +149,25 @@ async function runCase(
   // Arms in rotation: pre-copy, the stop-and-copy baseline and, in direct mode (a gateway keeps
   // hints to itself), pre-copy without MOVE hints.
   const arms = mode === 'direct' ? (['pre-copy', 'baseline', 'no hint'] as const) : (['pre-copy', 'baseline'] as const);
-  for (let i = 0; i < migrations * arms.length; i++) {
-    const arm = arms[i % arms.length] as (typeof arms)[number];
+  // Each block of moves runs every arm once, in a shuffled order (seeded, so runs are comparable):
+  // in a fixed rotation each arm would always follow the same other arm (the no-hint arm, say,
+  // always right after a stop-and-copy of the whole state) and inherit its after-effects.
+  const order: Array<(typeof arms)[number]> = [];
+  let seed = 0x2545f491;
+  const random = (): number => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed / 2 ** 32;
+  };
+  for (let k = 0; k < migrations; k++) {
+    const block = [...arms];
+    for (let j = block.length - 1; j > 0; j--) {
+      const r = Math.floor(random() * (j + 1));
+      [block[j], block[r]] = [block[r] as (typeof arms)[number], block[j] as (typeof arms)[number]];
+    }
+    order.push(...block);
+  }
+  for (let i = 0; i < order.length; i++) {
+    const arm = order[i] as (typeof arms)[number];
     const precopy = arm !== 'baseline';
     const to = on === a.id ? b.id : a.id;
     const from = rx.last;

@@ -105,7 +105,7 @@ if (m) {
   out.push(
     'A directory and two hosts as separate processes on one SQLite Store; the client in the bench process. The',
     '`stream` service ticks at 1 kHz and rewrites one random 1 KiB value of its state on every tick. Each case',
-    'alternates migrations with pre-copy and without (stop-and-copy of everything: the baseline); in direct mode a',
+    'interleaves, in shuffled order, migrations with pre-copy and without (stop-and-copy of everything: the baseline); in direct mode a',
     'third arm moves with pre-copy but without MOVE hints (the client connects to the destination only at the MOVE',
     'instead of during the pre-copy; a gateway keeps hints to itself). gap = longest',
     'interval between consecutive ticks seen by the client around the move; `idle` = the same measure with',
