@@ -386,6 +386,43 @@ describe('gateway', () => {
     assert.equal(s.url, urlOf(gw, 'ws'));
   });
 
+  it('hosts that send a HELLO back and forth make the gateway give up after 3 redirects per client transport', async (t) => {
+    const bouncing = (other: () => TestHost): Record<string, SessionHandler> => ({
+      echo: {
+        open: (session) => echoService.open(session),
+        async admit() {
+          throw new RoamError('INSTANCE_ELSEWHERE', other().ws);
+        },
+      },
+    });
+    const a: TestHost = await startHost(
+      t,
+      'a',
+      bouncing(() => b),
+    );
+    const b: TestHost = await startHost(
+      t,
+      'b',
+      bouncing(() => a),
+    );
+    const gw = await startGateway(t, { hosts: [a.record(), b.record()] });
+    const s = open(urlOf(gw, 'ws'), 'echo', {
+      key: 'k',
+      reconnect: { initialDelayMs: 20, maxDelayMs: 40, connectTimeoutMs: 400 },
+    });
+    const seen: string[] = [];
+    s.on('event', (e) => seen.push(e.type));
+    s.on('warning', (w) => seen.push(`warning ${w.code}`));
+    await assert.rejects(s.ready, (err: RoamError) => err.code === 'RECONNECT_EXHAUSTED');
+    assert.ok(!seen.includes('moved'), 'the gateway kept every redirect to itself');
+    assert.ok(seen.includes('warning UNAVAILABLE'), seen.join(' '));
+    assert.ok(gw.counters.clients >= 2, 'the client tried again after each refusal');
+    assert.ok(
+      gw.counters.redirected <= 3 * gw.counters.clients,
+      `${gw.counters.redirected} redirects for ${gw.counters.clients} client transports`,
+    );
+  });
+
   it('a client whose transport to the gateway is cut resumes through it (RESUME routed by the cache)', async (t) => {
     const a = await startHost(t, 'a');
     const b = await startHost(t, 'b');

@@ -7,7 +7,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { connect, type Session } from '../src/client/node.js';
+import { echoService, type SessionHandler } from '../src/host/index.js';
+import { RoamError } from '../src/wire/index.js';
 import { type Cluster, holders, location, startCluster, whereIs } from './support/cluster.js';
+import { startTestServer } from './support/server.js';
 
 const dec = new TextDecoder();
 
@@ -132,4 +135,46 @@ it('an owner that died is taken over once the directory purged it, at the next e
   const heard = hears(frank, ': still here');
   frank.send('still here');
   await heard;
+});
+
+it('hosts that send a HELLO back and forth (INSTANCE_ELSEWHERE) cannot make a client loop: 3 redirects, then backoff, then lost', async (t) => {
+  let admits = 0;
+  const urls: string[] = [];
+  // Each server names the other as the owner, forever: a misconfigured or hostile cluster.
+  const bouncing = (other: () => string): Record<string, SessionHandler> => ({
+    echo: {
+      open: (session) => echoService.open(session),
+      async admit() {
+        admits++;
+        throw new RoamError('INSTANCE_ELSEWHERE', other());
+      },
+    },
+  });
+  const a = await startTestServer({ services: bouncing(() => urls[1] as string) });
+  const b = await startTestServer({ services: bouncing(() => urls[0] as string) });
+  t.after(() => a.close());
+  t.after(() => b.close());
+  urls.push(a.ws, b.ws);
+  const s = connect(a.ws, {
+    service: 'echo',
+    key: 'k',
+    reconnect: { initialDelayMs: 20, maxDelayMs: 40, connectTimeoutMs: 400 },
+  });
+  const seen: string[] = [];
+  s.on('event', (e) => seen.push(e.type === 'lost' ? `lost ${e.code}` : e.type));
+  s.on('warning', (w) => seen.push(`warning ${w.code}`));
+  await assert.rejects(s.ready, (err: RoamError) => err.code === 'RECONNECT_EXHAUSTED');
+  assert.equal(seen.at(-1), 'lost RECONNECT_EXHAUSTED');
+  // Redirects come in runs of at most 3, each ended by a warning and a backoff.
+  const runs = seen
+    .slice(0, -1)
+    .join(',')
+    .split('warning INSTANCE_ELSEWHERE')
+    .map((r) => r.split(',').filter((x) => x === 'moved').length);
+  assert.ok(runs.length >= 2, `several attempts within the timeout: ${seen.join(' ')}`);
+  assert.ok(
+    runs.every((n) => n <= 3),
+    `runs of redirects: ${runs.join(' ')}`,
+  );
+  assert.ok(admits <= 4 * runs.length, `${admits} HELLOs for ${runs.length} attempts`);
 });
