@@ -95,6 +95,33 @@ async function startHost(t: TestContext, id: string, services: Record<string, Se
   };
 }
 
+/** Hosts a and b whose echo service runs `admit(self, other)` before each WELCOME. */
+async function hostsWithAdmit(
+  t: TestContext,
+  admit: (self: () => TestHost, other: () => TestHost) => NonNullable<SessionHandler['admit']>,
+): Promise<{ a: TestHost; b: TestHost }> {
+  const echoWith = (self: () => TestHost, other: () => TestHost): Record<string, SessionHandler> => ({
+    echo: { open: (session) => echoService.open(session), admit: admit(self, other) },
+  });
+  const a: TestHost = await startHost(
+    t,
+    'a',
+    echoWith(
+      () => a,
+      () => b,
+    ),
+  );
+  const b: TestHost = await startHost(
+    t,
+    'b',
+    echoWith(
+      () => b,
+      () => a,
+    ),
+  );
+  return { a, b };
+}
+
 async function startGateway(t: TestContext, opts: Partial<Parameters<typeof Gateway.start>[0]>): Promise<Gateway> {
   const gw = await Gateway.start({
     listen: ['ws://127.0.0.1:0', 'tcp://127.0.0.1:0'],
@@ -346,26 +373,9 @@ describe('gateway', () => {
   it("a HELLO a host sends on to the instance's owner (INSTANCE_ELSEWHERE) is replayed there; the client sees only WELCOME", async (t) => {
     // Each host sends HELLOs for the key "owned" to `owner` unless it is the owner itself.
     let owner: TestHost | undefined;
-    const redirecting = (self: () => TestHost | undefined): Record<string, SessionHandler> => ({
-      echo: {
-        open: (session) => echoService.open(session),
-        async admit(hello) {
-          if (hello.key === 'owned' && owner && owner !== self()) {
-            throw new RoamError('INSTANCE_ELSEWHERE', owner.ws);
-          }
-        },
-      },
+    const { a, b } = await hostsWithAdmit(t, (self) => async (hello) => {
+      if (hello.key === 'owned' && owner && owner !== self()) throw new RoamError('INSTANCE_ELSEWHERE', owner.ws);
     });
-    const a: TestHost = await startHost(
-      t,
-      'a',
-      redirecting(() => a),
-    );
-    const b: TestHost = await startHost(
-      t,
-      'b',
-      redirecting(() => b),
-    );
     const gw = await startGateway(t, { hosts: [a.record(), b.record()] });
     // One unkeyed session makes its host the busier one, so the keyed HELLO goes to the other.
     const first = open(urlOf(gw, 'ws'), 'echo');
@@ -387,24 +397,9 @@ describe('gateway', () => {
   });
 
   it('hosts that send a HELLO back and forth make the gateway give up after 3 redirects per client transport', async (t) => {
-    const bouncing = (other: () => TestHost): Record<string, SessionHandler> => ({
-      echo: {
-        open: (session) => echoService.open(session),
-        async admit() {
-          throw new RoamError('INSTANCE_ELSEWHERE', other().ws);
-        },
-      },
+    const { a, b } = await hostsWithAdmit(t, (_self, other) => async () => {
+      throw new RoamError('INSTANCE_ELSEWHERE', other().ws);
     });
-    const a: TestHost = await startHost(
-      t,
-      'a',
-      bouncing(() => b),
-    );
-    const b: TestHost = await startHost(
-      t,
-      'b',
-      bouncing(() => a),
-    );
     const gw = await startGateway(t, { hosts: [a.record(), b.record()] });
     const s = open(urlOf(gw, 'ws'), 'echo', {
       key: 'k',
