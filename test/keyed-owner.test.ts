@@ -93,7 +93,8 @@ describe('keyed instances in a cluster, direct mode', () => {
   it('after a migration, a HELLO elsewhere follows the instance to its new owner', async (t) => {
     const [h1, h2] = cluster.hosts as [Cluster['hosts'][0], Cluster['hosts'][0]];
     const carol = room(t, h1.clientUrl, 'hall');
-    await carol.ready;
+    // Joined, not just open: the session's instance is known only once the service opened it.
+    await joined(carol, 'carol');
     const { instance } = await whereIs(cluster, carol.id as string);
     await cluster.api('/api/migrate', { instance, to: h2.id });
     // A newcomer at the old owner is sent to the new one.
@@ -115,7 +116,7 @@ it('an owner that died is taken over once the directory purged it, at the next e
   const [h1, h2] = cluster.hosts as [Cluster['hosts'][0], Cluster['hosts'][0]];
   const erin = connect(h2.clientUrl, { service: 'room', key: 'attic', reconnect: { connectTimeoutMs: 1000 } });
   t.after(() => erin.close());
-  await erin.ready;
+  await joined(erin, 'erin');
   const { instance } = await whereIs(cluster, erin.id as string);
   assert.equal((await location(cluster, instance))?.host, h2.id);
   h2.kill('SIGKILL');
