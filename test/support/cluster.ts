@@ -3,12 +3,14 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { connect } from '../../src/client/node.js';
+import { readEvents } from '../../src/directory/index.js';
 import { openSqliteStore } from '../../src/store/index.js';
 import {
   ClusterKeys,
   clusterFetch,
   decodeJson,
   type LocationRecord,
+  type MigrationRecord,
   newClusterSecret,
   parseClusterSecret,
 } from '../../src/transport/cluster.js';
@@ -246,4 +248,34 @@ export async function streaming(
   const instance = sessions[0]?.instance as string;
   assert.ok(instance);
   return { s, c, instance };
+}
+
+/**
+ * Subscribes to the directory's event stream and, once subscribed (its `hello` arrived, so no
+ * later event is missed), gives the promise of the first migration record of `instance` that
+ * `accept` takes. Hosts report migrations to the directory in batches, so a client can be served
+ * at its new host before the record is there: wait for the event rather than read the history.
+ */
+export async function migrationRecord(
+  cluster: Cluster,
+  t: { after(fn: () => unknown): void },
+  instance: string,
+  accept: (m: MigrationRecord) => boolean = () => true,
+): Promise<{ record: Promise<MigrationRecord> }> {
+  const ac = new AbortController();
+  t.after(() => ac.abort());
+  const events = readEvents(cluster.directory.url, { secret: cluster.secretBytes, signal: ac.signal });
+  const first = await events.next();
+  if (first.value?.type !== 'hello') throw new Error('the directory event stream did not start with hello');
+  const record = (async () => {
+    for await (const ev of events) {
+      if (ev.type === 'migration' && ev.migration.instances.includes(instance) && accept(ev.migration)) {
+        return ev.migration;
+      }
+    }
+    throw new Error(`event stream ended before a migration record of ${instance}`);
+  })();
+  record.catch(() => {});
+  // Wrapped: an async function would otherwise wait for the record itself.
+  return { record };
 }
