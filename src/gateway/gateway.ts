@@ -765,10 +765,10 @@ class ClientSplice {
   }
 }
 
-/** Sends what is queued, then closes the transport without a frame of our own. */
 /** INSTANCE_ELSEWHERE answers one HELLO may follow (owners may move meanwhile). */
 const MAX_REDIRECTS = 3;
 
+/** Sends what is queued, then closes the transport without a frame of our own. */
 function hangUp(conn: FramedConnection): void {
   conn.flush();
   conn.transport.close();

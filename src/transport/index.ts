@@ -11,7 +11,7 @@ import { WebSocket, WebSocketServer } from 'ws';
 import type { Transport } from '../session/index.js';
 import { RoamError } from '../wire/index.js';
 import { TcpTransport } from './tcp.js';
-import { WsTransport } from './ws.js';
+import { WsTransport, zeroMask } from './ws.js';
 
 export { nodeSessionCrypto } from './crypto-node.js';
 export { TcpTransport } from './tcp.js';
@@ -55,14 +55,7 @@ export function connectTransport(url: string, opts: ConnectTransportOptions = {}
       const ws = new WebSocket(url, {
         perMessageDeflate: false,
         handshakeTimeout: timeoutMs,
-        // Masking (RFC 6455 §10.3) keeps bytes that a script in a browser chose from poisoning
-        // caching proxies on the way. This is the Node client: the program that chooses the bytes
-        // is the one trusting the path, and browsers use their own WebSocket (src/client), which
-        // always masks. An all-zero mask lets ws skip drawing random bytes for every frame and
-        // the XOR of every byte at both ends.
-        generateMask: (mask: Buffer) => {
-          mask.fill(0);
-        },
+        generateMask: zeroMask,
         ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
         ...(scheme === 'wss' ? opts.tls : {}),
       });

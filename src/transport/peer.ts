@@ -4,6 +4,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { RoamError } from '../wire/index.js';
 import { AUTH_HEADER, linkProof, parseJsonBody, RequestVerifier, readBody } from './cluster.js';
+import { zeroMask } from './ws.js';
 
 /** The little a peer endpoint logs; a pino logger fits. */
 export interface PeerLog {
@@ -174,13 +175,8 @@ export function openPeerLink(
       perMessageDeflate: false,
       handshakeTimeout: timeoutMs,
       maxPayload: 256 << 20,
-      // Masking keeps script-chosen bytes from poisoning caching proxies between a browser and a
-      // server. A member-to-member link has neither, and masking costs a copy and an XOR of every
-      // byte at each end (megabytes per migration, all client traffic through a gateway); with an
-      // all-zero mask, ws skips both.
-      generateMask: (mask: Buffer) => {
-        mask.fill(0);
-      },
+      // Megabytes per migration, and all client traffic through a gateway: no XOR at either end.
+      generateMask: zeroMask,
       headers: { [AUTH_HEADER]: sign('GET', `${url.pathname}${url.search}`), 'x-roam-link-nonce': nonce },
     });
     const timer = setTimeout(() => {

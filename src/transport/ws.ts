@@ -3,6 +3,18 @@ import { WebSocket } from 'ws';
 import { BaseTransport } from '../session/index.js';
 
 /** A `ws` WebSocket (either side) as a roam Transport. Binary messages only. */
+/**
+ * `generateMask` for ws clients of ours: an all-zero key. The MASK bit stays set, as RFC 6455
+ * requires, but ws then skips drawing random bytes for each frame and the XOR of every payload
+ * byte at both ends. Masking (RFC 6455 §10.3) keeps bytes chosen by a script in a browser from
+ * poisoning caching proxies on the way; our Node clients and member-to-member links carry bytes
+ * chosen by the program that trusts the path, and browsers use their own WebSocket, which always
+ * masks.
+ */
+export function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
 export class WsTransport extends BaseTransport {
   readonly kind = 'ws';
   private killTimer: NodeJS.Timeout | undefined;
