@@ -10,7 +10,7 @@ import {
   type Transport,
   toHex,
 } from '../session/index.js';
-import { signRequest } from '../transport/cluster.js';
+import { keyedInstanceId, signRequest } from '../transport/cluster.js';
 import { type Listener, type ListenOptions, listenTransport, WsTransport } from '../transport/index.js';
 import { openPeerLink } from '../transport/peer.js';
 import {
@@ -22,14 +22,7 @@ import {
   ProtocolError,
   RoamError,
 } from '../wire/index.js';
-import {
-  type GatewayHost,
-  type GatewayLogger,
-  HostTable,
-  keyedInstanceId,
-  type RoutedHost,
-  type SessionRoute,
-} from './hosts.js';
+import { type GatewayHost, type GatewayLogger, HostTable, type RoutedHost, type SessionRoute } from './hosts.js';
 
 /** Path of the splice link on a host's peer endpoint (the host mounts `spliceLink` there). */
 export const SPLICE_PATH = '/peer/splice';

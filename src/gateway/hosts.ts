@@ -1,5 +1,5 @@
 import type { Clock, TimerHandle } from '../session/index.js';
-import { clusterFetch, type HostRecord } from '../transport/cluster.js';
+import { clusterFetch, type HostRecord, keyedInstanceId } from '../transport/cluster.js';
 import { RoamError } from '../wire/index.js';
 
 /** A host as the gateway routes to it: where clients reach it, and where members open links to it. */
@@ -53,11 +53,6 @@ export interface HostTableOptions {
   /** Session → host and instance → host entries kept at most (oldest dropped first). Default 100,000. */
   maxCacheEntries?: number | undefined;
   fetchTimeoutMs?: number | undefined;
-}
-
-/** Instance id hosts and the directory use for a keyed instance: 'k' + base64url(UTF-8 key). */
-export function keyedInstanceId(key: string): string {
-  return `k${Buffer.from(key, 'utf8').toString('base64url')}`;
 }
 
 /** Compares client URLs the way a MOVE and a host record may spell them differently (trailing '/', case). */

@@ -18,6 +18,7 @@ import {
   encodeJson,
   type HostedInstance,
   type HostedService,
+  keyedInstanceId,
   type LocationRecord,
   type MigrationReason,
   type MigrationRecord,
@@ -875,6 +876,8 @@ export class Host extends Emitter<HostEvents> {
   private async admit(service: string, rawKey: string | undefined): Promise<void> {
     const member = this.member;
     if (rawKey === undefined || !member) return;
+    // Joining a room that runs here under the key as sent: no need to ask the worker's key rule.
+    if (this.instances.has(keyedInstanceId(rawKey))) return;
     const { worker } = this.worker(service);
     let r: { inst: string; key: string | undefined };
     try {

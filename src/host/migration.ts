@@ -445,11 +445,9 @@ export class Migrations {
       if (opts.precopy !== false && opts.hint !== false) {
         // While the state is pre-copied, attached clients open their transport to the destination
         // (a MOVE hint), so the MOVE at the freeze finds it ready: no connection setup in the gap.
-        for (const inst of insts) {
-          for (const sid of this.membersOf(inst)) {
-            const s = h.session(sid);
-            if (s?.state === 'attached') void s.hintMove(dest.clientUrl);
-          }
+        for (const sid of sids) {
+          const s = h.session(sid);
+          if (s?.state === 'attached') void s.hintMove(dest.clientUrl);
         }
       }
 
@@ -952,12 +950,11 @@ export class Migrations {
         .request({ op: 'activate', insts: insts.map((i) => i.inst) })
         .catch((err: unknown) => h.log.error({ migration: mid, err: (err as Error).message }, 'activation failed'));
       arrival.settle(bySid);
-      link.send({ t: 'committed', epochs: m.claims.map((c) => c.epoch + 1) });
+      link.send({ t: 'committed', epochs: [...epochs.values()] });
       h.log.debug({ migration: mid, step: 'committed-sent', at: wall() }, 'migration step');
     } catch (err) {
-      arrival.settle(undefined);
+      // serveIncoming settles the arrival and unstages; the install must be over before that.
       await installed.catch(() => {});
-      await worker.request({ op: 'unstage', insts: insts.map((i) => i.inst) }).catch(() => {});
       const e = err as RoamError;
       if (link.open) link.send({ t: 'failed', code: e.code ?? 'INTERNAL', message: e.message });
       throw err;

@@ -150,6 +150,15 @@ export type ClusterEvent =
   | { type: 'decision'; at: number; action: string; reason: string; instance?: string; host?: string };
 
 /** Store keys of the cluster tables. */
+/**
+ * Instance id of a keyed instance, as hosts, the directory and gateways name it: 'k' +
+ * base64url(UTF-8 key). (The service worker derives the same id for the key its `key` rule
+ * returns; it cannot import this layer.)
+ */
+export function keyedInstanceId(key: string): string {
+  return `k${Buffer.from(key, 'utf8').toString('base64url')}`;
+}
+
 export const ClusterKeys = {
   hostPrefix: 'roam.cluster.host.',
   host: (id: string) => `roam.cluster.host.${id}`,
