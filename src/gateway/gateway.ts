@@ -339,29 +339,9 @@ class ClientSplice {
       this.end('client left during routing');
       return;
     }
-    this.setHost(host);
-    let up: FramedConnection;
-    try {
-      up = await ctx.openLink(host, nonce, this.remote);
-    } catch (err) {
-      if (this.ended) return;
-      const e = asRoamError(err);
-      ctx.log.warn({ host: host.id, code: e.code, err: e.message }, 'gateway: splice link failed');
-      // The cached host may be dead and the session committed elsewhere: ask the directory next time.
-      if (this.sid) ctx.table.forgetSession(this.sid);
-      this.refuse(new RoamError('UNAVAILABLE', `host ${host.id} could not be reached; retry`));
-      return;
-    }
-    if (this.ended || !client.isOpen) {
-      up.abort();
-      this.end('client left while the link opened');
-      return;
-    }
-    this.up = up;
+    if (!(await this.upstreamTo(host, nonce, first))) return;
     this.phase = 'spliced';
     ctx.counters.splices++;
-    up.setHandler(this.upstreamHandler(up));
-    up.writeFrame(first);
     client.setHandler({
       frame: (f) => this.fromClient(f),
       closed: (err) => {
@@ -370,6 +350,36 @@ class ClientSplice {
       },
     });
     ctx.log.debug({ session: this.sid, host: host.id, remote: this.remote }, 'gateway: spliced');
+  }
+
+  /**
+   * Opens the link to `host` and sends it the client's first frame. Undefined when the link could
+   * not be opened (the client is refused with UNAVAILABLE and retries) or the client left.
+   */
+  private async upstreamTo(host: RoutedHost, nonce: Uint8Array, first: Frame): Promise<FramedConnection | undefined> {
+    const { ctx } = this;
+    this.setHost(host);
+    let up: FramedConnection;
+    try {
+      up = await ctx.openLink(host, nonce, this.remote);
+    } catch (err) {
+      if (this.ended) return undefined;
+      const e = asRoamError(err);
+      ctx.log.warn({ host: host.id, code: e.code, err: e.message }, 'gateway: splice link failed');
+      // The cached host may be dead and the session committed elsewhere: ask the directory next time.
+      if (this.sid) ctx.table.forgetSession(this.sid);
+      this.refuse(new RoamError('UNAVAILABLE', `host ${host.id} could not be reached; retry`));
+      return undefined;
+    }
+    if (this.ended || !this.client.isOpen) {
+      up.abort();
+      this.end('client left while the link opened');
+      return undefined;
+    }
+    this.up = up;
+    up.setHandler(this.upstreamHandler(up));
+    up.writeFrame(first);
+    return up;
   }
 
   /** Picks the host for the first frame; throws the RoamError the client is refused with. */
@@ -600,25 +610,9 @@ class ClientSplice {
       return;
     }
     if (this.instance) ctx.table.rememberInstance(this.instance, dest.id);
-    this.setHost(dest);
-    let up: FramedConnection;
-    try {
-      up = await ctx.openLink(dest, opening.nonce, this.remote);
-    } catch (err) {
-      if (this.ended) return;
-      this.fail('UNAVAILABLE', `host ${dest.id} could not be reached: ${asRoamError(err).message}; retry`);
-      return;
-    }
-    if (this.ended || !this.client.isOpen) {
-      up.abort();
-      this.end('client left during a redirect');
-      return;
-    }
+    if (!(await this.upstreamTo(dest, opening.nonce, opening.first))) return;
     ctx.counters.redirected++;
     ctx.log.debug({ host: dest.id, instance: this.instance }, 'gateway: HELLO redirected to the instance owner');
-    this.up = up;
-    up.setHandler(this.upstreamHandler(up));
-    up.writeFrame(opening.first);
   }
 
   /** Takes the client's RESUME back to the host a tentative MOVE came from. */
