@@ -297,15 +297,17 @@ describe('tentative MOVE', () => {
 describe('MOVE hint', () => {
   /** A connector that records each transport it opens: URL, and whether it was closed. */
   function trackingConnector() {
-    const opened: Array<{ url: string; closed: boolean }> = [];
+    const opened: Array<{ url: string; closed: boolean; whenClosed: Promise<void> }> = [];
     let onOpen = (): void => {};
     const connector: Connector = async (url, o) => {
       const t = await connectTransport(url, { localAddress: o.localAddress });
-      const rec = { url, closed: false };
+      let closed = (): void => {};
+      const rec = { url, closed: false, whenClosed: new Promise<void>((r) => (closed = r)) };
       opened.push(rec);
       const close = t.close.bind(t);
       t.close = () => {
         rec.closed = true;
+        closed();
         close();
       };
       onOpen();
@@ -426,8 +428,8 @@ describe('MOVE hint', () => {
     const closed = nextEvent(s, 'closed');
     s.close();
     await closed;
-    // The abort is chained on the connection promise: one more turn of the event loop.
-    await new Promise((r) => setImmediate(r));
+    // The abort is chained on the connection promise, so it lands after `closed`.
+    await tc.opened[1]?.whenClosed;
     assert.equal(tc.opened[1]?.closed, true);
   });
 });

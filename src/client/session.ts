@@ -118,14 +118,16 @@ export function redirectTarget(from: string, to: string): string | undefined {
   } catch {
     return undefined;
   }
-  const allowed: Record<string, readonly string[]> = {
-    'ws:': ['ws:', 'wss:'],
-    'wss:': ['wss:'],
-    'tcp:': ['tcp:', 'tls:'],
-    'tls:': ['tls:'],
-  };
-  return allowed[a.protocol]?.includes(b.protocol) ? to : undefined;
+  return REDIRECT_SCHEMES[a.protocol]?.includes(b.protocol) ? to : undefined;
 }
+
+/** The schemes a redirect may go to, from each scheme: the same, or its TLS form. */
+const REDIRECT_SCHEMES: Readonly<Record<string, readonly string[]>> = {
+  'ws:': ['ws:', 'wss:'],
+  'wss:': ['wss:'],
+  'tcp:': ['tcp:', 'tls:'],
+  'tls:': ['tls:'],
+};
 
 const FATAL_ON_HELLO: ReadonlySet<CodeName> = new Set<CodeName>(['UNKNOWN_SERVICE', 'HANDSHAKE_FAILED', 'OVERLOADED']);
 
