@@ -168,23 +168,34 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
       if (refusal) assert.equal(answers[0]?.t, 'refuse');
     }
     // An accepted offer followed by a corrupt round: staged data is dropped, the host lives on.
-    const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
-    const done = closed(ws);
-    ws.send(
-      pack({
-        t: 'offer',
-        mid: 'y',
-        from: 'z',
-        service: { name: 'stream', version: '1.0.0', compat: ['stream/1'] },
-        requires: {},
-        instances: [{ inst: 'sdeadbeef', key: null }],
-        sessions: 0,
-      }),
-    );
-    ws.send(
-      pack({ t: 'round', n: 0, deltas: [{ inst: 'sdeadbeef', instance: { set: 'bad', deleted: [] }, sessions: [] }] }),
-    );
-    await done;
+    // Rounds carry a packed part (bytes) that the destination's worker unpacks and stages.
+    const badDelta = [{ inst: 'sdeadbeef', instance: { set: 'bad', deleted: [] }, sessions: [] }];
+    const corruptRounds = [
+      { t: 'round', n: 0, part: pack(badDelta), last: true }, // a part whose delta is malformed
+      { t: 'round', n: 0, part: new Uint8Array([0xc1, 0xff, 0x00]), last: true }, // not msgpack
+      { t: 'round', n: 0, part: pack({ not: 'a list' }), last: true }, // not a list of deltas
+      { t: 'round', n: 0, deltas: badDelta }, // no part at all (an older format)
+    ];
+    for (const round of corruptRounds) {
+      const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
+      const answers: string[] = [];
+      ws.on('message', (d: Buffer) => answers.push((unpack(d) as { t: string }).t));
+      const done = closed(ws);
+      ws.send(
+        pack({
+          t: 'offer',
+          mid: 'y',
+          from: 'z',
+          service: { name: 'stream', version: '1.0.0', compat: ['stream/1'] },
+          requires: {},
+          instances: [{ inst: 'sdeadbeef', key: null }],
+          sessions: 0,
+        }),
+      );
+      ws.send(pack(round));
+      await done;
+      assert.deepEqual(answers, ['accept'], 'accepted, then closed without an ack');
+    }
     await c.flowsOn(20);
     assert.deepEqual(c.errors, []);
     assert.equal((await host.describeInstances()).filter((i) => i.instance === 'sdeadbeef').length, 0);
