@@ -64,6 +64,14 @@ describe('live migration', { timeout: 180_000 }, () => {
       assert.equal(r.outcome, 'committed');
       assert.ok(r.rounds.length >= 1, 'at least round 0');
       assert.equal(r.sessions, 1);
+      // The freeze, step by step: the source's three steps are the freeze; the destination's
+      // share of the wait came with its verdict.
+      const f = r.phases.freezeSteps;
+      assert.ok(f, 'freeze steps recorded');
+      const sum = f.workerMs + f.sendMs + f.waitMs;
+      assert.ok(sum <= r.phases.freezeMs + 0.01 && sum > 0, `steps ${sum} ms, freeze ${r.phases.freezeMs} ms`);
+      assert.ok(f.destinationMs !== undefined && f.installMs !== undefined && f.casMs !== undefined);
+      assert.ok(f.installMs + f.casMs <= f.destinationMs + 0.01 && f.destinationMs <= f.waitMs, JSON.stringify(f));
     }
     // Epochs rise by one per move.
     assert.deepEqual(

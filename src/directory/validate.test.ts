@@ -70,6 +70,43 @@ describe('directory input checks', () => {
     );
   });
 
+  it("keep a migration's freeze steps, and refuse malformed ones", () => {
+    const m = {
+      id: '0123456789abcdef',
+      instances: ['sabc'],
+      service: 'chat',
+      from: 'a',
+      to: 'b',
+      reason: 'operator',
+      outcome: 'committed',
+      startedAt: 1,
+      endedAt: 2,
+      sessions: 1,
+      stateBytes: 10,
+      bytesSent: 20,
+      rounds: [{ bytes: 10, keys: 1, ms: 1 }],
+      finalDirtyBytes: 3,
+      throttleSteps: 0,
+      phases: { negotiateMs: 1, precopyMs: 2, freezeMs: 3, commitMs: 1 },
+    };
+    const steps = { workerMs: 0.5, sendMs: 0.25, waitMs: 2, installMs: 0.5, casMs: 0.5, destinationMs: 1.5 };
+    const kept = check.migration({ ...m, phases: { ...m.phases, freezeSteps: { ...steps, extra: 1 } } }, 'm');
+    assert.deepEqual(kept.phases.freezeSteps, steps);
+    // From a source whose destination reported nothing (or an older destination).
+    const sourceOnly = { workerMs: 1, sendMs: 1, waitMs: 1 };
+    assert.deepEqual(
+      check.migration({ ...m, phases: { ...m.phases, freezeSteps: sourceOnly } }, 'm').phases.freezeSteps,
+      sourceOnly,
+    );
+    assert.equal(check.migration(m, 'm').phases.freezeSteps, undefined);
+    for (const bad of ['fast', [], { ...steps, workerMs: '1' }, { ...steps, casMs: null }, { sendMs: 1, waitMs: 1 }]) {
+      assert.throws(
+        () => check.migration({ ...m, phases: { ...m.phases, freezeSteps: bad } }, 'm'),
+        (err: RoamError) => err.code === 'INVALID_ARGUMENT' && err.message.includes('freezeSteps'),
+      );
+    }
+  });
+
   it('throw only INVALID_ARGUMENT when one field of a good record is replaced', () => {
     const fields = Object.keys(record());
     fc.assert(

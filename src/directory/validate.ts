@@ -1,6 +1,7 @@
 import type {
   ClusterEvent,
   DrainStatus,
+  FreezeSteps,
   HostedService,
   HostMetrics,
   HostRecord,
@@ -260,6 +261,20 @@ function round(v: unknown, path: string): RoundRecord {
 const instanceList = (v: unknown, path: string): string[] =>
   array(v, path, LIMITS.instances, (x, p) => string(x, p, 1024));
 
+function freezeSteps(v: unknown, path: string): FreezeSteps {
+  const o = object(v, path);
+  const steps: FreezeSteps = {
+    workerMs: number(o.workerMs, `${path}.workerMs`),
+    sendMs: number(o.sendMs, `${path}.sendMs`),
+    waitMs: number(o.waitMs, `${path}.waitMs`),
+  };
+  for (const k of ['installMs', 'casMs', 'destinationMs'] as const) {
+    const x = optional(o, k, (y) => number(y, `${path}.${k}`));
+    if (x !== undefined) steps[k] = x;
+  }
+  return steps;
+}
+
 export function migration(v: unknown, path: string): MigrationRecord {
   const o = object(v, path);
   const ph = object(o.phases, `${path}.phases`);
@@ -271,6 +286,8 @@ export function migration(v: unknown, path: string): MigrationRecord {
   };
   const gap = optional(ph, 'clientGapMs', (x) => number(x, `${path}.phases.clientGapMs`));
   if (gap !== undefined) phases.clientGapMs = gap;
+  const steps = optional(ph, 'freezeSteps', (x) => freezeSteps(x, `${path}.phases.freezeSteps`));
+  if (steps !== undefined) phases.freezeSteps = steps;
   const m: MigrationRecord = {
     id: recordId(o.id, `${path}.id`),
     instances: instanceList(o.instances, `${path}.instances`),

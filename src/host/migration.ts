@@ -11,6 +11,7 @@ import {
   ClusterKeys,
   decodeJson,
   encodeJson,
+  type FreezeSteps,
   type HostRecord,
   type LocationRecord,
   type MigrationOutcome,
@@ -176,7 +177,8 @@ type ToSource =
   | { t: 'accept' }
   | { t: 'refuse'; code: CodeName; message: string }
   | { t: 'ack'; n: number }
-  | { t: 'committed'; epochs: number[] }
+  /** `steps`: the destination's part of the freeze (FreezeSteps' destination fields), ms. */
+  | { t: 'committed'; epochs: number[]; steps?: { installMs: number; casMs: number; destinationMs: number } }
   | { t: 'failed'; code: CodeName; message: string }
   | { t: 'resumed'; sids: string[]; gapMs: number }
   | { t: 'gap'; ms: number | undefined };
@@ -289,6 +291,17 @@ const linkUnpackr = new Unpackr({ copyBuffers: true, mapsAsObjects: true });
 function ownedBytes(b: unknown): Uint8Array {
   if (!(b instanceof Uint8Array)) throw new RoamError('MALFORMED_FRAME', 'migration payload is not bytes');
   return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : new Uint8Array(b);
+}
+
+/** The destination's step timings from its verdict, as far as they are numbers. */
+function destinationSteps(v: unknown): Partial<FreezeSteps> {
+  const out: Partial<FreezeSteps> = {};
+  if (typeof v !== 'object' || v === null) return out;
+  for (const k of ['installMs', 'casMs', 'destinationMs'] as const) {
+    const x = (v as Record<string, unknown>)[k];
+    if (typeof x === 'number' && Number.isFinite(x) && x >= 0) out[k] = x;
+  }
+  return out;
 }
 
 const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
@@ -511,6 +524,7 @@ export class Migrations {
         }
       }
       // The worker freezes while this thread tells the clients.
+      const tFreeze = performance.now();
       const frozen = worker.request<FrozenBatch>({ op: 'freeze', insts, since: marks });
       frozen.catch(() => {});
       // Clients first: each attached client gets its MOVE now, before the final copy and the
@@ -528,6 +542,7 @@ export class Migrations {
       }
       h.log.debug({ migration: rec.id, step: 'moves-queued', at: wall() }, 'migration step');
       const batch = await frozen;
+      const tFrozen = performance.now();
       h.log.debug({ migration: rec.id, step: 'worker-frozen', at: wall() }, 'migration step');
       rec.finalDirtyBytes = batch.bytes;
       const transfers: SessionTransfer[] = [];
@@ -554,10 +569,11 @@ export class Migrations {
       // Without pre-copy the stop-and-copy carried the whole state.
       if (rec.rounds.length === 0) rec.stateBytes = rec.finalDirtyBytes;
       const claims = locs.map((l) => ({ inst: l.inst, revision: l.revision, epoch: l.record?.epoch ?? 0 }));
+      // Taken before the write: the destination may answer before this thread runs again.
+      const tFinal = performance.now();
       link.send({ t: 'final', frozenAt, frozen: batch.frozen, sessions: transfers, claims });
       finalSent = true;
       h.log.debug({ migration: rec.id, step: 'final-sent', at: wall() }, 'migration step');
-      const tFinal = performance.now();
       const verdict = await link.next(this.stepTimeoutMs);
       if (verdict.t === 'failed') throw new RoamError(verdict.code, verdict.message);
       if (verdict.t !== 'committed') throw new RoamError('INTERNAL', `unexpected ${verdict.t} instead of commit`);
@@ -565,6 +581,12 @@ export class Migrations {
       h.log.debug({ migration: rec.id, step: 'committed', at: wall() }, 'migration step');
       rec.phases.freezeMs = tCommit - tPre;
       rec.phases.commitMs = tCommit - tFinal;
+      rec.phases.freezeSteps = {
+        workerMs: tFrozen - tFreeze,
+        sendMs: tFinal - tFrozen,
+        waitMs: tCommit - tFinal,
+        ...destinationSteps(verdict.steps),
+      };
       rec.epoch = verdict.epochs[0];
       this.crashAt('source-after-commit');
       await this.afterCommit(insts, worker, dest, transfers, link, rec);
@@ -907,6 +929,7 @@ export class Migrations {
     const mid = String(offer.mid);
     const service = offer.service.name;
     const insts = offer.instances;
+    const tReceived = performance.now();
     h.log.debug({ migration: mid, step: 'final-received', at: wall() }, 'migration step');
     // The worker installs while the sessions are rebuilt here.
     const frozen = ownedBytes(m.frozen);
@@ -931,6 +954,7 @@ export class Migrations {
       }
       h.log.debug({ migration: mid, step: 'sessions-built', at: wall() }, 'migration step');
       await installed;
+      const tInstalled = performance.now();
       h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
       const epochs = new Map(m.claims.map((c) => [c.inst, c.epoch + 1]));
       await h.store.compareAndSetMany(
@@ -940,6 +964,7 @@ export class Migrations {
           value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs.get(c.inst) as number }),
         })),
       );
+      const tCas = performance.now();
       h.log.debug({ migration: mid, step: 'cas-done', at: wall() }, 'migration step');
       for (const i of insts) {
         h.attachMigrated(i.inst, service, i.key ?? undefined, sessions.get(i.inst) ?? [], epochs.get(i.inst) ?? 0);
@@ -950,7 +975,15 @@ export class Migrations {
         .request({ op: 'activate', insts: insts.map((i) => i.inst) })
         .catch((err: unknown) => h.log.error({ migration: mid, err: (err as Error).message }, 'activation failed'));
       arrival.settle(bySid);
-      link.send({ t: 'committed', epochs: [...epochs.values()] });
+      link.send({
+        t: 'committed',
+        epochs: [...epochs.values()],
+        steps: {
+          installMs: tInstalled - tReceived,
+          casMs: tCas - tInstalled,
+          destinationMs: performance.now() - tReceived,
+        },
+      });
       h.log.debug({ migration: mid, step: 'committed-sent', at: wall() }, 'migration step');
     } catch (err) {
       // serveIncoming settles the arrival and unstages; the install must be over before that.

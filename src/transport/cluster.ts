@@ -118,8 +118,30 @@ export interface MigrationRecord {
     commitMs: number;
     /** Longest time a client of the instance waited: freeze until it resumed at the destination. */
     clientGapMs?: number;
+    /** Where the freeze went, step by step (absent when the migration did not get that far). */
+    freezeSteps?: FreezeSteps;
   };
   epoch?: number;
+}
+
+/**
+ * The freeze of one migration, step by step. The source measures the first three (they add up to
+ * `freezeMs`), the destination the last three on its own clock and reports them with its verdict:
+ * `waitMs - destinationMs` is what the link and the two event loops' wake-ups cost.
+ */
+export interface FreezeSteps {
+  /** Source: the freeze posted to the service worker → its frozen copy back. */
+  workerMs: number;
+  /** Source: → the final copy, with timers and transport state, ready to write to the link. */
+  sendMs: number;
+  /** Source: → written, and the destination's verdict received. */
+  waitMs: number;
+  /** Destination: the final copy received → installed by its service worker. */
+  installMs?: number;
+  /** Destination: → the location compare-and-set done in the Store. */
+  casMs?: number;
+  /** Destination: the final copy received → the verdict sent. */
+  destinationMs?: number;
 }
 
 /** Progress of a drain, as the draining host reports it. */
