@@ -57,8 +57,10 @@ export interface DrainResult {
   setup_warnings: Record<string, number>;
   /** CPU time (user + system) of every process, from the drain request until every client resumed. */
   cpu_seconds: number;
+  /** The same, by process: this one (the clients), the directory, the drained host, the others. */
+  cpu_seconds_by_process: Record<string, number>;
   /** Raw `ws` clients moved between plain `ws` servers, same count, same run (see the file's doc). */
-  ws_baseline: { seconds: number; cpu_seconds: number };
+  ws_baseline: { seconds: number; cpu_seconds: number; cpu_seconds_by_process: Record<string, number> };
   /** roam's clients_seconds over the baseline's seconds. */
   clients_over_ws: number;
 }
@@ -182,11 +184,14 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       }
       throw new Error('event stream ended before the drain');
     })();
-    const pids = [cluster.directory.child.pid, ...cluster.hosts.map((h) => h.child.pid)].filter(
-      (p): p is number => p !== undefined,
-    );
-    const cpu0 = cpuMs(pids);
+    const procs: Record<string, number | undefined> = {
+      directory: cluster.directory.child.pid,
+      source: a.child.pid,
+      ...Object.fromEntries(cluster.hosts.slice(1).map((h, i) => [`destination${i + 1}`, h.child.pid])),
+    };
+    const cpu0 = cpuMs(procs);
     const t0 = performance.now();
+    const w0 = process.hrtime.bigint() / 1000n;
     await cluster.api<DrainStatus>('/api/drain', { host: a.id, concurrency: 4, batchSize: 250, deadlineMs: 600_000 });
     const done = await within(600_000, over, () => 'the drain did not end');
     const seconds = (performance.now() - t0) / 1000;
@@ -200,7 +205,9 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       return `${sessions.length - resumed.size} clients never resumed at their new host: ${JSON.stringify([...states])}`;
     });
     const clientsSeconds = (performance.now() - t0) / 1000;
-    const cpuSeconds = (cpuMs(pids) - cpu0) / 1000;
+    const cpu = cpuSince(cpu0, cpuMs(procs));
+    // For bench/cpuprofile-top.ts --window: the drain, on the clock every process's profile uses.
+    process.stderr.write(`\n  profile window: --window=${w0},${process.hrtime.bigint() / 1000n}\n`);
     ac.abort();
     process.stderr.write(`\n  drain ${done.state}: ${done.moved} moved in ${seconds.toFixed(2)} s\n`);
     // Every session's own counter moved with it: 2 must follow 1.
@@ -255,7 +262,8 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       placement,
       setup_retries: setupRetries,
       setup_warnings: Object.fromEntries(setupWarnings),
-      cpu_seconds: round3(cpuSeconds),
+      cpu_seconds: cpu.total,
+      cpu_seconds_by_process: cpu.byProcess,
       ws_baseline: base,
       clients_over_ws: Math.round((clientsSeconds / base.seconds) * 100) / 100,
     };
@@ -284,20 +292,36 @@ async function within<T>(ms: number, p: Promise<T>, what: () => string): Promise
 const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /**
- * CPU time (user + system, ms) this process and the given ones used so far, from /proc (Linux):
- * the clock ticks of a process and all its threads.
+ * CPU time (user + system, ms) used so far by this process (`clients`) and by each named one,
+ * from /proc (Linux): the clock ticks of a process and all its threads.
  */
-function cpuMs(pids: number[]): number {
+function cpuMs(procs: Record<string, number | undefined>): Record<string, number> {
   const self = process.cpuUsage();
-  let ms = (self.user + self.system) / 1000;
+  const out: Record<string, number> = { clients: (self.user + self.system) / 1000 };
   const tick = 1000 / 100; // USER_HZ is 100 on every Linux this runs on.
-  for (const pid of pids) {
+  for (const [name, pid] of Object.entries(procs)) {
+    if (pid === undefined) continue;
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    ms += (Number(f[11]) + Number(f[12])) * tick;
+    out[name] = (Number(f[11]) + Number(f[12])) * tick;
   }
-  return ms;
+  return out;
+}
+
+/** Seconds of CPU each process used between two {@link cpuMs} readings, and their sum. */
+function cpuSince(
+  before: Record<string, number>,
+  after: Record<string, number>,
+): { total: number; byProcess: Record<string, number> } {
+  const byProcess: Record<string, number> = {};
+  let total = 0;
+  for (const [name, ms] of Object.entries(after)) {
+    const s = (ms - (before[name] ?? 0)) / 1000;
+    byProcess[name] = round3(s);
+    total += s;
+  }
+  return { total: round3(total), byProcess };
 }
 
 interface WsServer {
@@ -358,7 +382,7 @@ async function everyAnswers(
 const BASELINE_WINDOW = 1000;
 
 /** The baseline: `n` raw ws clients on server A, all told to reconnect to B or C. */
-async function wsBaseline(n: number): Promise<{ seconds: number; cpu_seconds: number }> {
+async function wsBaseline(n: number): Promise<DrainResult['ws_baseline']> {
   const servers = await Promise.all([startWsServer(), startWsServer(), startWsServer()]);
   const [a, b, c] = servers as [WsServer, WsServer, WsServer];
   const clients: WebSocket[] = [];
@@ -393,15 +417,15 @@ async function wsBaseline(n: number): Promise<{ seconds: number; cpu_seconds: nu
       }
       clients.push(...batch);
     }
-    const pids = servers.map((s) => s.child.pid).filter((p): p is number => p !== undefined);
-    const cpu0 = cpuMs(pids);
+    const procs = { source: a.child.pid, destination1: b.child.pid, destination2: c.child.pid };
+    const cpu0 = cpuMs(procs);
     const t0 = performance.now();
     a.send(`move ${BASELINE_WINDOW} ${b.url} ${c.url}`);
     await within(120_000, done, () => `baseline: ${n - moved} raw ws clients never moved`);
     const seconds = (performance.now() - t0) / 1000;
-    const cpuSeconds = (cpuMs(pids) - cpu0) / 1000;
+    const cpu = cpuSince(cpu0, cpuMs(procs));
     process.stderr.write(`  baseline: ${n} raw ws clients moved in ${seconds.toFixed(2)} s\n`);
-    return { seconds: round3(seconds), cpu_seconds: round3(cpuSeconds) };
+    return { seconds: round3(seconds), cpu_seconds: cpu.total, cpu_seconds_by_process: cpu.byProcess };
   } finally {
     for (const ws of clients) ws.terminate();
     await Promise.all(servers.map((s) => s.stop()));
@@ -409,5 +433,5 @@ async function wsBaseline(n: number): Promise<{ seconds: number; cpu_seconds: nu
 }
 
 export function summarize(r: DrainResult): string {
-  return `drain: ${r.sessions} sessions × ${r.state_bytes} B in ${r.seconds} s (${r.sessions_per_s}/s; clients all resumed at ${r.clients_seconds} s), lost ${r.lost}, duplicated ${r.duplicated}, placement ${JSON.stringify(r.placement)}; CPU ${r.cpu_seconds} s; raw ws baseline: clients moved in ${r.ws_baseline.seconds} s, CPU ${r.ws_baseline.cpu_seconds} s`;
+  return `drain: ${r.sessions} sessions × ${r.state_bytes} B in ${r.seconds} s (${r.sessions_per_s}/s; clients all resumed at ${r.clients_seconds} s), lost ${r.lost}, duplicated ${r.duplicated}, placement ${JSON.stringify(r.placement)}; CPU ${r.cpu_seconds} s ${JSON.stringify(r.cpu_seconds_by_process)}; raw ws baseline: clients moved in ${r.ws_baseline.seconds} s, CPU ${r.ws_baseline.cpu_seconds} s ${JSON.stringify(r.ws_baseline.cpu_seconds_by_process)}`;
 }

@@ -9,6 +9,11 @@ export const ROAM = new URL('../../src/cli/main.ts', import.meta.url).pathname;
  * NODE_OPTIONS does not accept).
  */
 export const NODE_ARGS = ['--import', 'tsx', ...(process.env.ROAM_TEST_NODE_ARGS ?? '').split(' ').filter(Boolean)];
+/**
+ * Whether those flags profile: a profile is written only when the process exits by itself, so
+ * cleanup then asks it to stop (SIGTERM) before it kills it.
+ */
+export const PROFILING = NODE_ARGS.some((a) => a.startsWith('--cpu-prof') || a.startsWith('--heap-prof'));
 
 /** Runs `roam <args>` to completion. */
 export function roam(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {

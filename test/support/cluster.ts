@@ -15,7 +15,7 @@ import {
   parseClusterSecret,
 } from '../../src/transport/cluster.js';
 import { reapOnExit } from './children.js';
-import { NODE_ARGS, ROAM } from './cli.js';
+import { NODE_ARGS, PROFILING, ROAM } from './cli.js';
 import { SERVICES } from './host.js';
 import { tempDir } from './server.js';
 import { streamClient } from './stream-client.js';
@@ -181,6 +181,14 @@ export async function startCluster(opts: { hosts?: number | HostSpec[]; heartbea
       cluster.directory = await startDirectory(`127.0.0.1:${port}`);
     },
     async close() {
+      if (PROFILING) {
+        // SIGTERM: a host drains what it still holds (nothing, at the end of a run) and exits.
+        for (const p of procs) p.kill('SIGTERM');
+        await Promise.race([
+          Promise.all([...procs].map((p) => p.exited)),
+          new Promise((r) => setTimeout(r, 20_000).unref()),
+        ]);
+      }
       for (const p of procs) p.kill('SIGKILL');
       await Promise.all([...procs].map((p) => p.exited));
       await dir.cleanup();
