@@ -48,6 +48,16 @@ export interface MigrationCase {
   nohint_gap_ms_p99?: number;
   /** Gap between consecutive indices while nothing moves (the 1 kHz timer's own jitter). */
   idle_gap_ms_p99: number;
+  /**
+   * The gap split in two (pre-copy moves): the interval that spans the freeze (what the move
+   * itself cost the client), and the longest interval elsewhere in the same window (the machine's
+   * jitter, measured in the same moves).
+   */
+  move_gap_ms_p50: number;
+  move_gap_ms_p99: number;
+  other_gap_ms_p50: number;
+  /** Median of each step of the freeze (FreezeSteps), pre-copy moves. */
+  freeze_steps_ms_p50: Record<string, number>;
 }
 
 export interface MigrationResult {
@@ -101,6 +111,23 @@ class Receiver {
     if (this.last >= n) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push({ n, resolve }));
   }
+  /**
+   * Splits [from, to] at the instant `t` (this process's performance.now()): the longest interval
+   * that overlaps t ± 2 ms (the one spanning the freeze; ± the 1 ms resolution of the record's
+   * wall clock), and the longest of the intervals that do not.
+   */
+  split(from: number, to: number, t: number): { move: number; other: number } {
+    let move = 0;
+    let other = 0;
+    for (let i = Math.max(2, from + 1); i <= to; i++) {
+      const a = this.at[i - 1];
+      const b = this.at[i];
+      if (a === undefined || b === undefined) continue;
+      if (b >= t - 2 && a <= t + 2) move = Math.max(move, b - a);
+      else other = Math.max(other, b - a);
+    }
+    return { move, other };
+  }
   /** Longest interval between consecutive indices in [from, to]. */
   gap(from: number, to: number): number {
     let g = 0;
@@ -146,6 +173,10 @@ async function runCase(
     { gap: [], freeze: [], total: [], rounds: [], dirty: [], ratio: [] };
   const base: { gap: number[]; freeze: number[] } = { gap: [], freeze: [] };
   const nohint: number[] = [];
+  const split: { move: number[]; other: number[] } = { move: [], other: [] };
+  const steps = new Map<string, number[]>();
+  // Date.now() (the hosts' record times) on this process's performance.now() clock.
+  const wallOffset = Date.now() - performance.now();
   // Arms in rotation: pre-copy, the stop-and-copy baseline and, in direct mode (a gateway keeps
   // hints to itself), pre-copy without MOVE hints.
   const arms = mode === 'direct' ? (['pre-copy', 'baseline', 'no hint'] as const) : (['pre-copy', 'baseline'] as const);
@@ -192,6 +223,11 @@ async function runCase(
       pre.rounds.push(rec.rounds.length);
       pre.dirty.push(rec.finalDirtyBytes);
       pre.ratio.push(rec.bytesSent / Math.max(1, rec.stateBytes));
+      const frozeAt = rec.startedAt + rec.phases.negotiateMs + rec.phases.precopyMs - wallOffset;
+      const parts = rx.split(from, rx.last, frozeAt);
+      split.move.push(parts.move);
+      split.other.push(parts.other);
+      for (const [k, v] of Object.entries(rec.phases.freezeSteps ?? {})) steps.set(k, [...(steps.get(k) ?? []), v]);
     } else {
       base.gap.push(gap);
       base.freeze.push(rec.phases.freezeMs);
@@ -221,6 +257,10 @@ async function runCase(
     baseline_freeze_ms_p50: round2(median(base.freeze)),
     ...(nohint.length > 0 ? { nohint_gap_ms_p50: round2(median(nohint)), nohint_gap_ms_p99: round2(p99(nohint)) } : {}),
     idle_gap_ms_p99: round2(idle),
+    move_gap_ms_p50: round2(median(split.move)),
+    move_gap_ms_p99: round2(p99(split.move)),
+    other_gap_ms_p50: round2(median(split.other)),
+    freeze_steps_ms_p50: Object.fromEntries([...steps].map(([k, v]) => [k, round2(median(v))])),
   };
 }
 
@@ -254,7 +294,7 @@ export async function run(opts: SuiteOptions): Promise<MigrationResult> {
 export function summarize(r: MigrationResult): string {
   const rows = r.cases.map(
     (c) =>
-      `${String(c.state_bytes).padStart(9)} B ${c.mode.padEnd(8)} gap p50 ${c.gap_ms_p50} ms p99 ${c.gap_ms_p99} ms | freeze p50 ${c.freeze_ms_p50} ms | rounds ${c.rounds_p50} | sent/state ${c.bytes_sent_over_state} | baseline gap p50 ${c.baseline_gap_ms_p50} ms | lost ${c.lost} dup ${c.duplicated}`,
+      `${String(c.state_bytes).padStart(9)} B ${c.mode.padEnd(8)} gap p50 ${c.gap_ms_p50} ms p99 ${c.gap_ms_p99} ms (move ${c.move_gap_ms_p50}, elsewhere ${c.other_gap_ms_p50}) | freeze p50 ${c.freeze_ms_p50} ms ${JSON.stringify(c.freeze_steps_ms_p50)} | rounds ${c.rounds_p50} | sent/state ${c.bytes_sent_over_state} | baseline gap p50 ${c.baseline_gap_ms_p50} ms | lost ${c.lost} dup ${c.duplicated}`,
   );
   return ['migration (1 kHz, one 1 KiB value rewritten per tick):', ...rows].join('\n');
 }
