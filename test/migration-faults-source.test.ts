@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { openSqliteStore } from '../src/store/index.js';
 import { ClusterKeys, type MigrationRecord } from '../src/transport/cluster.js';
 import { type ClusterHost, holders, location, startCluster, streaming } from './support/cluster.js';
+import { within } from './support/deadline.js';
 import { SERVICES } from './support/host.js';
 import { openStream } from './support/stream-client.js';
 
@@ -48,9 +49,9 @@ describe('migration faults: the source side', { timeout: 180_000 }, () => {
     const instance = sessions[0]?.instance as string;
     const b = await cluster.addHost({ services });
     // The source dies before it can answer: the request fails, the instance is b's.
-    await assert.rejects(cluster.api('/api/migrate', { instance, to: b.id }));
-    assert.notEqual(await a.exited, 0);
-    await c.flowsOn(200);
+    await within('the migrate request', 45_000, assert.rejects(cluster.api('/api/migrate', { instance, to: b.id })));
+    assert.notEqual(await within('the source exiting', 45_000, a.exited), 0);
+    await within('the client flowing on b', 45_000, c.flowsOn(200), () => `${s.state}, index ${c.received}`);
     assert.deepEqual(c.errors, []);
     assert.deepEqual(await holders(cluster, instance), [b.id]);
     assert.equal((await location(cluster, instance))?.host, b.id);

@@ -25,7 +25,10 @@ export interface StreamClient {
   /** Sends the next number every `everyMs` until `stopSending`. */
   startSending(everyMs: number): void;
   stopSending(): void;
-  /** Resolves once `received >= n` (and, with `echoed`, once the echo caught up with `sent`). */
+  /**
+   * Resolves once `received >= n` (and, with `echoed`, once the echo caught up with `sent`); rejects
+   * if the session is lost or closed first, naming its code and the session's recent events.
+   */
   until(n: number): Promise<void>;
   untilEchoed(): Promise<void>;
   /** Waits for `more` further indices, stops sending, and waits until every number sent was echoed. */
@@ -45,6 +48,20 @@ export function streamClient(session: Session): StreamClient {
   const wake = () => {
     for (const w of waiters) w();
   };
+  // A session that ends can never deliver what a wait is for: the wait fails with the reason, so a
+  // broken move shows up as its error code rather than as a test that hangs until its timeout.
+  let ended: Error | undefined;
+  const events: string[] = [];
+  session.on('event', (ev) => {
+    events.push('code' in ev ? `${ev.type}:${ev.code}` : ev.type);
+    if (events.length > 200) events.splice(0, 100);
+    if (ev.type === 'lost' || ev.type === 'closed') {
+      ended = new Error(
+        `session ${ev.type} (${ev.code}: ${ev.type === 'lost' ? ev.message : ev.reason}) at index ${received}, echo ${echoed}; events: ${events.join(' ')}`,
+      );
+      wake();
+    }
+  });
   session.on('message', (d, ch) => {
     const text = dec.decode(d);
     if (ch === 0) {
@@ -103,11 +120,14 @@ export function streamClient(session: Session): StreamClient {
       timer = undefined;
     },
     until(n) {
-      return new Promise<void>((resolve) => {
+      return new Promise<void>((resolve, reject) => {
         const check = () => {
           if (received >= n) {
             waiters.delete(check);
             resolve();
+          } else if (ended) {
+            waiters.delete(check);
+            reject(ended);
           }
         };
         waiters.add(check);
@@ -115,11 +135,14 @@ export function streamClient(session: Session): StreamClient {
       });
     },
     untilEchoed() {
-      return new Promise<void>((resolve) => {
+      return new Promise<void>((resolve, reject) => {
         const check = () => {
           if (echoed >= sent) {
             waiters.delete(check);
             resolve();
+          } else if (ended) {
+            waiters.delete(check);
+            reject(ended);
           }
         };
         waiters.add(check);
