@@ -17,6 +17,16 @@ import { SERVICES } from './support/host.js';
 import { tempDir } from './support/server.js';
 import { openStream } from './support/stream-client.js';
 
+/** A round frame as a source's worker writes it: 0xc1, flags, round number (u32 BE), body. */
+function roundFrame(n: number, flags: number, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(6 + body.length);
+  out[0] = 0xc1;
+  out[1] = flags;
+  new DataView(out.buffer).setUint32(2, n);
+  out.set(body, 6);
+  return out;
+}
+
 /**
  * A host's peer endpoint under hostile input: requests without, with stale, replayed or forged
  * cluster signatures; garbage on an authenticated migration link. The host refuses each with a
@@ -131,6 +141,10 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
       [new Uint8Array([0xc1, 0xff, 0x00]), undefined],
       [pack(42), undefined],
       [pack({ t: 'round', n: 0, deltas: [] }), undefined],
+      // A well-formed round frame before any offer, a truncated one, one with unknown flags.
+      [roundFrame(0, 1, pack([])), undefined],
+      [roundFrame(0, 1, new Uint8Array(0)).subarray(0, 5), undefined],
+      [roundFrame(0, 0x80, pack([])), undefined],
       [pack({ t: 'offer' }), 'INVALID_ARGUMENT'],
       [
         pack({
@@ -168,13 +182,16 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
       if (refusal) assert.equal(answers[0]?.t, 'refuse');
     }
     // An accepted offer followed by a corrupt round: staged data is dropped, the host lives on.
-    // Rounds carry a packed part (bytes) that the destination's worker unpacks and stages.
+    // Rounds are round frames (a 6-byte header, then the packed part) that the destination's
+    // worker unpacks and stages.
     const badDelta = [{ inst: 'sdeadbeef', instance: { set: 'bad', deleted: [] }, sessions: [] }];
-    const corruptRounds = [
-      { t: 'round', n: 0, part: pack(badDelta), last: true }, // a part whose delta is malformed
-      { t: 'round', n: 0, part: new Uint8Array([0xc1, 0xff, 0x00]), last: true }, // not msgpack
-      { t: 'round', n: 0, part: pack({ not: 'a list' }), last: true }, // not a list of deltas
-      { t: 'round', n: 0, deltas: badDelta }, // no part at all (an older format)
+    const corruptRounds: Uint8Array[] = [
+      roundFrame(0, 1, pack(badDelta)), // a part whose delta is malformed
+      roundFrame(0, 1, new Uint8Array([0xc1, 0xff, 0x00])), // not msgpack
+      roundFrame(0, 1, pack({ not: 'a list' })), // not a list of deltas
+      roundFrame(0, 1, new Uint8Array(0)), // a header and nothing else
+      pack({ t: 'round', n: 0, part: pack(badDelta), last: true }), // the previous format: msgpack
+      pack({ t: 'round', n: 0, deltas: badDelta }), // no part at all (an older format)
     ];
     for (const round of corruptRounds) {
       const ws = await openPeerLink(peerUrl, '/peer/migrate', secret, (m, p) => signRequest(secret, m, p));
@@ -192,7 +209,7 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
           sessions: 0,
         }),
       );
-      ws.send(pack(round));
+      ws.send(round);
       await done;
       assert.deepEqual(answers, ['accept'], 'accepted, then closed without an ack');
     }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { pack, Unpackr } from 'msgpackr';
 import type { WebSocket } from 'ws';
 import { compatMatches, type Requirements } from '../service/define.js';
-import { ROUND_PART_BYTES } from '../service/precopy.js';
+import { ROUND_PART_BYTES, roundFrameHeader } from '../service/precopy.js';
 import type { FrozenBatch, PrecopyMark, PrecopyRound, ServiceMeta } from '../service/protocol.js';
 import { type Clock, type EngineOptions, SessionEngine, type TransportSnapshot } from '../session/index.js';
 import type { Store } from '../store/index.js';
@@ -167,7 +167,10 @@ type ToDestination =
       sids?: string[];
       reason?: MigrationReason;
     }
-  /** One part of a pre-copy round; the destination acknowledges the round after its `last` part. */
+  /**
+   * One part of a pre-copy round; the destination acknowledges the round after its `last` part.
+   * On the link it is a round frame (precopy.ts), not msgpack: `part` is the whole frame.
+   */
   | { t: 'round'; n: number; part: Uint8Array; last: boolean }
   /** `frozen`: the packed FrozenInstance[] (precopy.ts), which only the destination's worker unpacks. */
   | { t: 'final'; frozenAt: number; frozen: Uint8Array; sessions: SessionTransfer[]; claims: LocationClaim[] }
@@ -197,7 +200,10 @@ class Link<In, Out> {
       let m: In;
       try {
         if (!isBinary) throw new Error('text message');
-        m = linkUnpackr.unpack(data) as In;
+        const frame = roundFrameHeader(data);
+        // A round frame stays as it came: the destination hands the whole buffer to its worker.
+        if (frame) m = { t: 'round', n: frame.n, last: frame.last, part: data } as In;
+        else m = linkUnpackr.unpack(data) as In;
         if (typeof m !== 'object' || m === null || typeof (m as { t?: unknown }).t !== 'string') {
           throw new Error('not a message');
         }
@@ -230,7 +236,11 @@ class Link<In, Out> {
   }
 
   send(m: Out): void {
-    const bytes = pack(m);
+    this.sendRaw(pack(m));
+  }
+
+  /** Writes bytes that already are a link message (a round frame from the worker). */
+  sendRaw(bytes: Uint8Array): void {
     this.bytesSent += bytes.length;
     this.ws.send(bytes);
   }
@@ -473,22 +483,24 @@ export class Migrations {
       for (let n = 0; n < maxRounds; n++) {
         const tr = performance.now();
         h.log.debug({ migration: rec.id, step: `round-${n}`, at: wall() }, 'migration step');
-        const round = await worker.request<PrecopyRound>({
-          op: 'precopy',
-          insts,
-          since: marks,
-          partBytes: ROUND_PART_BYTES,
-        });
+        // Parts go out as the worker packs them (round frames, written as they are), so this
+        // thread only passes bytes along while a big round leaves.
+        const round = await worker.request<PrecopyRound>(
+          {
+            op: 'precopy',
+            n,
+            insts,
+            since: marks,
+            partBytes: ROUND_PART_BYTES,
+            // Small enough: leave it for the stop-and-copy, which recomputes it from the same marks.
+            ...(n > 0 ? { skipBelow: this.threshold } : {}),
+          },
+          undefined,
+          (part) => link?.sendRaw(part),
+        );
         const { bytes, keys } = round;
         if (n === 0) rec.stateBytes = bytes;
-        // Small enough: leave it for the stop-and-copy, which recomputes it from the same marks.
-        if (n > 0 && bytes <= this.threshold) break;
-        // Parts go out as the worker packed them, yielding between them so that this thread keeps
-        // serving the instance's clients while a big round leaves.
-        for (let p = 0; p < round.parts.length; p++) {
-          if (p > 0) await new Promise<void>((r) => setImmediate(r));
-          link.send({ t: 'round', n, part: round.parts[p] as Uint8Array, last: p === round.parts.length - 1 });
-        }
+        if (round.skipped) break;
         h.log.debug({ migration: rec.id, step: `round-${n}-sent`, at: wall() }, 'migration step');
         const ack = await link.next(this.stepTimeoutMs);
         if (ack.t !== 'ack' || ack.n !== n) throw new RoamError('INTERNAL', `expected ack of round ${n}`);

@@ -21,7 +21,10 @@ export interface ServiceWorkerEvents {
 export class ServiceWorker {
   private readonly worker: Worker;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: RoamError): void }>();
+  private readonly pending = new Map<
+    number,
+    { resolve(v: unknown): void; reject(e: RoamError): void; onPart?: (part: Uint8Array) => void }
+  >();
   readonly ready: Promise<ServiceMeta>;
   private exited = false;
 
@@ -73,12 +76,15 @@ export class ServiceWorker {
     return this.worker.resourceLimits ?? {};
   }
 
-  /** Sends a request; `transfer` lists buffers of `m` handed over rather than copied. */
-  request<T = unknown>(m: Request, transfer?: ArrayBuffer[]): Promise<T> {
+  /**
+   * Sends a request; `transfer` lists buffers of `m` handed over rather than copied. `onPart`
+   * receives the pieces the worker posts ahead of its reply (a pre-copy round's parts), in order.
+   */
+  request<T = unknown>(m: Request, transfer?: ArrayBuffer[], onPart?: (part: Uint8Array) => void): Promise<T> {
     if (this.exited) return Promise.reject(new RoamError('SERVICE_ERROR', 'service worker has exited'));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, ...(onPart ? { onPart } : {}) });
       this.worker.postMessage({ ...m, id } as ToWorker, transfer ?? []);
     });
   }
@@ -101,6 +107,9 @@ export class ServiceWorker {
         else p.reject(new RoamError(m.code in CODES ? (m.code as CodeName) : 'SERVICE_ERROR', m.message));
         return;
       }
+      case 'part':
+        this.pending.get(m.id)?.onPart?.(m.part);
+        return;
       case 'send':
         this.events.send(m.sid, m.ch, new Uint8Array(m.data));
         return;

@@ -88,7 +88,17 @@ export type ToWorker =
    * Source side of a migration: one pre-copy round of every instance in `insts`, packed in parts
    * of about `partBytes` (see precopy.ts). `since[k]` undefined = round 0 (everything).
    */
-  | { op: 'precopy'; id: number; insts: string[]; since: Array<PrecopyMark | undefined>; partBytes: number }
+  | {
+      op: 'precopy';
+      id: number;
+      /** The round's number, which its frames carry. */
+      n: number;
+      insts: string[];
+      since: Array<PrecopyMark | undefined>;
+      partBytes: number;
+      /** A round of at most this many bytes is not packed (`skipped`): the stop-and-copy takes it. */
+      skipBelow?: number;
+    }
   /** Stops timers and intake; replies with the packed remainder. The instances stay, frozen. */
   | { op: 'freeze'; id: number; insts: string[]; since: Array<PrecopyMark | undefined> }
   /** The migration aborted: the frozen instances run again. */
@@ -106,9 +116,15 @@ export type ToWorker =
   /** Destination: the migration failed; forget the staged or installed copies. */
   | { op: 'unstage'; id: number; insts: string[] };
 
-/** A pre-copy round as the source's worker hands it over: packed parts (transferred) and the new marks. */
+/**
+ * A pre-copy round as the source's worker reports it, after it posted each part (a round frame,
+ * precopy.ts) as a `part` message of the request.
+ */
 export interface PrecopyRound {
-  parts: Uint8Array[];
+  /** How many parts were posted; 0 when `skipped`. */
+  parts: number;
+  /** The round was small enough to leave to the stop-and-copy: nothing was packed. */
+  skipped: boolean;
   /** Per instance, in request order. */
   marks: PrecopyMark[];
   /** Encoded bytes of the round (keys and values), all instances together. */
@@ -137,6 +153,8 @@ export type FromWorker =
   | { t: 'ready'; meta: ServiceMeta }
   | { t: 'reply'; id: number; ok: true; value: unknown }
   | { t: 'reply'; id: number; ok: false; code: string; message: string }
+  /** One piece of a request's answer ahead of its reply (a pre-copy round's parts, transferred). */
+  | { t: 'part'; id: number; part: Uint8Array }
   | { t: 'send'; sid: string; ch: number; data: ArrayBuffer }
   | { t: 'close'; sid: string; reason: string }
   | { t: 'depends'; sid: string; on: string }

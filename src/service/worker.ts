@@ -1,7 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { RoamError } from '../wire/index.js';
 import type { InstanceContext, ResumeHow, ServiceDefinition, ServiceSession } from './define.js';
-import { packOwned, splitRound, unpackFrozen, unpackPart } from './precopy.js';
+import { packOwned, packRoundFrame, splitRound, unpackFrozen, unpackRoundFrame } from './precopy.js';
 import type {
   FromWorker,
   FrozenBatch,
@@ -350,25 +350,23 @@ async function handle(m: ToWorker): Promise<unknown> {
         const i = instanceOf(m.insts[k] as string);
         deltas.push(await i.run(() => deltaOf(i, m.since[k])));
       }
-      // Values are immutable once stored (a write replaces them), so packing after the instance
-      // ran on still sends the state as of each mark; whatever it wrote since is in the next round.
-      const parts: Uint8Array[] = [];
-      for (const part of splitRound(deltas, m.partBytes)) {
-        if (parts.length > 0) await new Promise((r) => setImmediate(r));
-        parts.push(packOwned(part));
-      }
       let keys = 0;
       for (const d of deltas) keys += d.instance.set.length + d.sessions.reduce((a, [, x]) => a + x.set.length, 0);
-      const round: PrecopyRound = {
-        parts,
-        marks: deltas.map((d) => d.mark),
-        bytes: deltas.reduce((a, d) => a + d.bytes, 0),
-        keys,
-      };
-      return new Transfer(
-        round,
-        parts.map((p) => p.buffer as ArrayBuffer),
-      );
+      const bytes = deltas.reduce((a, d) => a + d.bytes, 0);
+      const round: PrecopyRound = { parts: 0, skipped: false, marks: deltas.map((d) => d.mark), bytes, keys };
+      if (m.skipBelow !== undefined && bytes <= m.skipBelow) return { ...round, skipped: true };
+      // Values are immutable once stored (a write replaces them), so packing after the instance
+      // ran on still sends the state as of each mark; whatever it wrote since is in the next round.
+      // Each part goes to the main thread as soon as it is packed, which writes it to the link
+      // while this thread packs the next one, after the instance's timers had their turn.
+      const split = splitRound(deltas, m.partBytes);
+      for (let p = 0; p < split.length; p++) {
+        if (p > 0) await new Promise((r) => setImmediate(r));
+        const part = packRoundFrame(split[p] as InstanceDelta[], m.n, p === split.length - 1);
+        post({ t: 'part', id: m.id, part }, [part.buffer as ArrayBuffer]);
+      }
+      round.parts = split.length;
+      return round;
     }
     case 'freeze': {
       const out: FrozenInstance[] = [];
@@ -415,7 +413,7 @@ async function handle(m: ToWorker): Promise<unknown> {
       return undefined;
     }
     case 'stage': {
-      for (const d of unpackPart(m.part)) stage(d);
+      for (const d of unpackRoundFrame(m.part)) stage(d);
       return undefined;
     }
     case 'install': {
