@@ -51,7 +51,12 @@ describe('migration faults: the source side', { timeout: 180_000 }, () => {
     // The source dies before it can answer: the request fails, the instance is b's.
     await within('the migrate request', 45_000, assert.rejects(cluster.api('/api/migrate', { instance, to: b.id })));
     assert.notEqual(await within('the source exiting', 45_000, a.exited), 0);
-    await within('the client flowing on b', 45_000, c.flowsOn(200), () => `${s.state}, index ${c.received}`);
+    await within(
+      'the client flowing on b',
+      45_000,
+      c.flowsOn(200),
+      () => `${s.state}, index ${c.received}, events: ${c.events.join(' ')}`,
+    );
     assert.deepEqual(c.errors, []);
     assert.deepEqual(await holders(cluster, instance), [b.id]);
     assert.equal((await location(cluster, instance))?.host, b.id);

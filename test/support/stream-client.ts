@@ -20,6 +20,8 @@ export interface StreamClient {
   readonly control: string[];
   /** Longest silence between two consecutive indices, in ms (after the first `since` index). */
   maxGapMs(since?: number): number;
+  /** The session's recent events (`type` or `type:code`), for failure messages. */
+  readonly events: readonly string[];
   /** Arrival times of the indices, for gap analysis. */
   readonly times: number[];
   /** Sends the next number every `everyMs` until `stopSending`. */
@@ -93,6 +95,7 @@ export function streamClient(session: Session): StreamClient {
     },
     errors,
     control,
+    events,
     times,
     maxGapMs(since = 1) {
       let gap = 0;
