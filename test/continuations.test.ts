@@ -145,21 +145,27 @@ describe('continuations', () => {
   });
 
   it('expired continuations are collected and a late client gets lost(expired)', async (t) => {
-    const h = await startTestHost({ graceMs: 20, continuationTtlMs: 100 });
+    // The TTL is long enough that the client never gives up by its own clock (it learns the TTL
+    // from the host): the verdict must come from the host's collection, whatever the load.
+    const ttlMs = 60_000;
+    const h = await startTestHost({ graceMs: 20, continuationTtlMs: ttlMs });
     t.after(() => h.close());
     const { session: s, gate } = awayClient(t, h.url, { service: 'counter' });
     await s.ready;
+    const lost = nextEvent(s, 'lost');
     const stored = suspendedOn(h.host, () => s.id);
     gate.open = false;
     s.reconnectNow();
     await stored;
-    assert.equal(await h.host.collectGarbage(Date.now() + 1000), 2, 'the session and its per-session instance');
+    assert.equal(await h.host.collectGarbage(Date.now() + ttlMs / 2), 0, 'nothing has expired yet');
+    assert.equal(await h.host.whereIs(s.id as string), 'suspended');
+    assert.equal(await h.host.collectGarbage(Date.now() + ttlMs + 1000), 2, 'the session and its per-session instance');
     assert.equal(await h.host.whereIs(s.id as string), 'unknown');
     assert.equal(await h.store.getBlob(`roam.session.${s.id}`), undefined, 'the blob is gone too');
-    const lost = nextEvent(s, 'lost');
     gate.open = true;
     const ev = await lost;
     assert.equal(ev.reason, 'expired');
+    assert.match(ev.message, /collected/, "the host's verdict, not the client's clock");
   });
 
   it('refuses an incompatible service version, keeps the continuation, and resumes on a compatible one', async (t) => {
