@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { connect, type Session } from '../src/client/node.js';
 import type { Host } from '../src/host/index.js';
+import { openSqliteStore, type Store } from '../src/store/index.js';
 import type { RoamError } from '../src/wire/index.js';
 import { startTestHost } from './support/host.js';
 import { type SpawnedHost, spawnHost } from './support/host-spawn.js';
-import { gatedConnector, nextEvent } from './support/server.js';
+import { gatedConnector, nextEvent, tempDir } from './support/server.js';
 
 const dec = new TextDecoder();
 
@@ -389,6 +390,55 @@ describe('continuations', () => {
     gate.open = true;
     await Promise.all([nextEvent(main, 'resumed'), nextEvent(x11, 'resumed')]);
     assert.equal(h.host.counters.restored, 2);
+  });
+
+  it('a suspension asked for while the session is still opening waits for the open, then suspends it whole', async (t) => {
+    // A keyed HELLO looks in the Store for a suspended copy of its room before the worker opens
+    // the session; holding that lookup keeps the open in flight for as long as the test wants.
+    const dir = await tempDir();
+    const base = await openSqliteStore({ path: `${dir.path}/roam.db` });
+    let reachedLookup!: () => void;
+    const atLookup = new Promise<void>((r) => {
+      reachedLookup = r;
+    });
+    let releaseLookup!: () => void;
+    const released = new Promise<void>((r) => {
+      releaseLookup = r;
+    });
+    const store = new Proxy(base, {
+      get(target, p) {
+        if (p === 'get') {
+          return async (name: string) => {
+            if (name.startsWith('roam.instance.room.')) {
+              reachedLookup();
+              await released;
+            }
+            return target.get(name);
+          };
+        }
+        const v: unknown = Reflect.get(target, p, target);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    }) as Store;
+    const h = await startTestHost({ store, graceMs: 60_000 });
+    t.after(async () => {
+      await h.close();
+      await dir.cleanup();
+    });
+    const { session: s } = awayClient(t, h.url, { service: 'room', key: 'held' });
+    await s.ready;
+    await atLookup;
+    const stored = suspendedOn(h.host, () => s.id);
+    const suspending = h.host.suspendSession(s.id as string);
+    const control = new Promise<string>((r) => s.on('message', (d, ch) => ch === 1 && r(dec.decode(d))));
+    releaseLookup();
+    assert.equal(await suspending, true);
+    await stored;
+    assert.match(await control, /^restored as guest-\d; 0 lines$/, 'the session comes back from its continuation');
+    assert.equal(h.host.counters.restored, 1);
+    const echo = new Promise<string>((r) => s.on('message', (d, ch) => ch === 0 && r(dec.decode(d))));
+    s.send('hi');
+    assert.match(await echo, /^guest-\d: hi$/);
   });
 
   it('a corrupted continuation is refused whole, never half-restored', async (t) => {

@@ -92,6 +92,8 @@ interface SessionEntry {
   moved?: boolean;
   /** Messages that arrived before the worker was told about the session, in order. */
   early?: Array<{ ch: number; buf: ArrayBuffer }>;
+  /** Settles once the worker has opened the session (or refused it); unset after. */
+  opening?: Promise<void>;
 }
 
 interface InstanceEntry {
@@ -842,7 +844,7 @@ export class Host extends Emitter<HostEvents> {
       this.log.warn({ session: session.id, code: err.code, err: err.message }, 'open refused');
       session.engine.lose(err.code, err.message);
     };
-    worker
+    entry.opening = worker
       .request<{ inst: string; key: string | undefined; running: boolean }>({
         op: 'resolve',
         sid: session.id,
@@ -861,8 +863,13 @@ export class Host extends Emitter<HostEvents> {
         const ie = this.instanceEntry(inst, service, session.key);
         ie.members.add(session.id);
         if (session.state === 'attached') this.markAttached(ie, session.id);
+        // The client may have gone while the worker did not know the session yet.
+        else worker.notify({ op: 'away', sid: session.id });
       })
-      .catch(refuse);
+      .catch(refuse)
+      .finally(() => {
+        entry.opening = undefined;
+      });
   }
 
   /**
@@ -1046,9 +1053,16 @@ export class Host extends Emitter<HostEvents> {
   async suspendSession(sid: string, seen = new Set<string>()): Promise<boolean> {
     const entry = this.sessions.get(sid);
     if (!entry || seen.has(sid)) return false;
+    seen.add(sid);
+    // A grace period can end before the worker has opened the session (a slow open, a keyed
+    // instance coming back from the Store): its instance is known, and the worker can snapshot
+    // it, only once the open is done.
+    if (entry.opening) {
+      await entry.opening;
+      if (this.sessions.get(sid) !== entry) return false;
+    }
     // A migrating instance's sessions travel with it.
     if (this.migrations?.outgoing.has(entry.inst)) return false;
-    seen.add(sid);
     const done = this.doSuspendSession(sid, entry, seen);
     // A RESUME that arrives mid-suspension waits for the continuation instead of finding nothing.
     this.inFlight.set(
