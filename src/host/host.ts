@@ -60,7 +60,10 @@ export interface HostOptions {
   /** This host's labels, matched against services' `requires.labels`. */
   labels?: Record<string, string>;
   /** Passed through to the session server (limits, engine tunables, handshake timeouts). */
-  server?: Omit<SessionServerOptions, 'services' | 'restore' | 'onGrace' | 'detachedGraceMs' | 'clock' | 'logger'>;
+  server?: Omit<
+    SessionServerOptions,
+    'services' | 'restore' | 'arriving' | 'onGrace' | 'detachedGraceMs' | 'clock' | 'logger'
+  >;
   clock?: Clock;
   logger?: Logger;
   /** Join a cluster: peer endpoint, directory registration, live migration. */
@@ -314,6 +317,7 @@ export class Host extends Emitter<HostEvents> {
         );
       },
       restore: (sid, verify) => this.restore(sid, verify),
+      arriving: (sid) => this.migrations?.incoming.has(sid) ?? false,
     });
     this.metrics.attach(this, {
       services: () => this.workers.keys(),

@@ -65,6 +65,12 @@ export interface SessionServerOptions {
    */
   restore?: (sessionId: string, verify: (key: SessionKey) => Promise<void>) => Promise<ServerSession | undefined>;
   /**
+   * True while a migration is bringing the session here from another host. A RESUME for it then
+   * goes to `restore` (which waits for that migration's verdict) even if this server still holds
+   * an older copy: the stub left when the session moved away earlier, which is behind the client.
+   */
+  arriving?: (sessionId: string) => boolean;
+  /**
    * When set, a detached session is handed to `onGrace` after `detachedGraceMs` (to be suspended
    * to a Store) instead of being lost at `sessionTtlMs`.
    */
@@ -290,7 +296,7 @@ export class SessionServer {
 
   private async onResume(conn: FramedConnection, opening: Extract<Opening, { kind: 'resume' }>): Promise<void> {
     const id = toHex(opening.resume.sessionId);
-    let session = this.sessions.get(id);
+    let session = this.opts.arriving?.(id) ? undefined : this.sessions.get(id);
     if (session) {
       await verifyResume(opening, session.keyForResume, this.clock.now(), this.challengeTtlMs);
     } else {
