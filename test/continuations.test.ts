@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { connect, type Session } from '../src/client/node.js';
 import type { Host } from '../src/host/index.js';
-import { openSqliteStore, type Store } from '../src/store/index.js';
+import type { Store } from '../src/store/index.js';
 import type { RoamError } from '../src/wire/index.js';
 import { startTestHost } from './support/host.js';
 import { type SpawnedHost, spawnHost } from './support/host-spawn.js';
-import { gatedConnector, nextEvent, tempDir } from './support/server.js';
+import { gatedConnector, nextEvent } from './support/server.js';
 
 const dec = new TextDecoder();
 
@@ -395,8 +395,6 @@ describe('continuations', () => {
   it('a suspension asked for while the session is still opening waits for the open, then suspends it whole', async (t) => {
     // A keyed HELLO looks in the Store for a suspended copy of its room before the worker opens
     // the session; holding that lookup keeps the open in flight for as long as the test wants.
-    const dir = await tempDir();
-    const base = await openSqliteStore({ path: `${dir.path}/roam.db` });
     let reachedLookup!: () => void;
     const atLookup = new Promise<void>((r) => {
       reachedLookup = r;
@@ -405,26 +403,24 @@ describe('continuations', () => {
     const released = new Promise<void>((r) => {
       releaseLookup = r;
     });
-    const store = new Proxy(base, {
-      get(target, p) {
-        if (p === 'get') {
-          return async (name: string) => {
-            if (name.startsWith('roam.instance.room.')) {
-              reachedLookup();
-              await released;
-            }
-            return target.get(name);
-          };
-        }
-        const v: unknown = Reflect.get(target, p, target);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
-    }) as Store;
-    const h = await startTestHost({ store, graceMs: 60_000 });
-    t.after(async () => {
-      await h.close();
-      await dir.cleanup();
-    });
+    const holdRoomLookup = (base: Store): Store =>
+      new Proxy(base, {
+        get(target, p) {
+          if (p === 'get') {
+            return async (name: string) => {
+              if (name.startsWith('roam.instance.room.')) {
+                reachedLookup();
+                await released;
+              }
+              return target.get(name);
+            };
+          }
+          const v: unknown = Reflect.get(target, p, target);
+          return typeof v === 'function' ? v.bind(target) : v;
+        },
+      });
+    const h = await startTestHost({ wrapStore: holdRoomLookup, graceMs: 60_000 });
+    t.after(() => h.close());
     const { session: s } = awayClient(t, h.url, { service: 'room', key: 'held' });
     await s.ready;
     await atLookup;

@@ -868,7 +868,7 @@ export class Host extends Emitter<HostEvents> {
         ie.members.add(session.id);
         if (session.state === 'attached') this.markAttached(ie, session.id);
         // The client may have gone while the worker did not know the session yet.
-        else worker.notify({ op: 'away', sid: session.id });
+        else if (session.state === 'detached') worker.notify({ op: 'away', sid: session.id });
       })
       .catch(refuse)
       .finally(() => {

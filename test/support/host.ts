@@ -18,13 +18,18 @@ export interface TestHost {
   close(): Promise<void>;
 }
 
-/** An in-process Host on a fresh SQLite file, listening on tcp://127.0.0.1:0. */
+/**
+ * An in-process Host on a fresh SQLite file, listening on tcp://127.0.0.1:0. `wrapStore` puts
+ * something between the host and that Store (to hold or observe its calls); closing the host
+ * closes the wrapper.
+ */
 export async function startTestHost(
-  opts: Partial<HostOptions> & { dir?: string; listen?: string } = {},
+  opts: Partial<HostOptions> & { dir?: string; listen?: string; wrapStore?: (store: Store) => Store } = {},
 ): Promise<TestHost> {
   const dir = opts.dir ? undefined : await tempDir();
   const dbPath = `${opts.dir ?? dir?.path}/roam.db`;
-  const store = opts.store ?? (await openSqliteStore({ path: dbPath }));
+  const opened = opts.store ?? (await openSqliteStore({ path: dbPath }));
+  const store = opts.wrapStore ? opts.wrapStore(opened) : opened;
   const host = await Host.start({
     logger: silentLogger(),
     services: [
