@@ -31,6 +31,12 @@ export interface MigrationCase {
   gap_ms_p99: number;
   freeze_ms_p50: number;
   freeze_ms_p99: number;
+  /**
+   * The downtime: the source's freeze → the instance serving at the destination (FreezeSteps'
+   * `downtimeMs`). `freeze_ms` runs on until the source hears the verdict, a link trip later.
+   */
+  downtime_ms_p50: number;
+  downtime_ms_p99: number;
   total_ms_p50: number;
   rounds_p50: number;
   final_dirty_bytes_p50: number;
@@ -169,8 +175,15 @@ async function runCase(
   );
   const instance = sessions[0]?.instance as string;
   let on = sessions[0]?.host as string;
-  const pre: { gap: number[]; freeze: number[]; total: number[]; rounds: number[]; dirty: number[]; ratio: number[] } =
-    { gap: [], freeze: [], total: [], rounds: [], dirty: [], ratio: [] };
+  const pre: {
+    gap: number[];
+    freeze: number[];
+    downtime: number[];
+    total: number[];
+    rounds: number[];
+    dirty: number[];
+    ratio: number[];
+  } = { gap: [], freeze: [], downtime: [], total: [], rounds: [], dirty: [], ratio: [] };
   const base: { gap: number[]; freeze: number[] } = { gap: [], freeze: [] };
   const nohint: number[] = [];
   const split: { move: number[]; other: number[] } = { move: [], other: [] };
@@ -219,6 +232,7 @@ async function runCase(
     } else if (precopy) {
       pre.gap.push(gap);
       pre.freeze.push(rec.phases.freezeMs);
+      if (rec.phases.freezeSteps?.downtimeMs !== undefined) pre.downtime.push(rec.phases.freezeSteps.downtimeMs);
       pre.total.push(total);
       pre.rounds.push(rec.rounds.length);
       pre.dirty.push(rec.finalDirtyBytes);
@@ -246,6 +260,8 @@ async function runCase(
     gap_ms_p99: round2(p99(pre.gap)),
     freeze_ms_p50: round2(median(pre.freeze)),
     freeze_ms_p99: round2(p99(pre.freeze)),
+    downtime_ms_p50: round2(median(pre.downtime)),
+    downtime_ms_p99: round2(p99(pre.downtime)),
     total_ms_p50: round2(median(pre.total)),
     rounds_p50: median(pre.rounds),
     final_dirty_bytes_p50: median(pre.dirty),
@@ -294,7 +310,7 @@ export async function run(opts: SuiteOptions): Promise<MigrationResult> {
 export function summarize(r: MigrationResult): string {
   const rows = r.cases.map(
     (c) =>
-      `${String(c.state_bytes).padStart(9)} B ${c.mode.padEnd(8)} gap p50 ${c.gap_ms_p50} ms p99 ${c.gap_ms_p99} ms (move ${c.move_gap_ms_p50}, elsewhere ${c.other_gap_ms_p50}) | freeze p50 ${c.freeze_ms_p50} ms ${JSON.stringify(c.freeze_steps_ms_p50)} | rounds ${c.rounds_p50} | sent/state ${c.bytes_sent_over_state} | baseline gap p50 ${c.baseline_gap_ms_p50} ms | lost ${c.lost} dup ${c.duplicated}`,
+      `${String(c.state_bytes).padStart(9)} B ${c.mode.padEnd(8)} gap p50 ${c.gap_ms_p50} ms p99 ${c.gap_ms_p99} ms (move ${c.move_gap_ms_p50}, elsewhere ${c.other_gap_ms_p50}) | freeze p50 ${c.freeze_ms_p50} ms (downtime ${c.downtime_ms_p50}) ${JSON.stringify(c.freeze_steps_ms_p50)} | rounds ${c.rounds_p50} | sent/state ${c.bytes_sent_over_state} | baseline gap p50 ${c.baseline_gap_ms_p50} ms | lost ${c.lost} dup ${c.duplicated}`,
   );
   return ['migration (1 kHz, one 1 KiB value rewritten per tick):', ...rows].join('\n');
 }

@@ -109,24 +109,25 @@ if (m) {
     'third arm moves with pre-copy but without MOVE hints (the client connects to the destination only at the MOVE',
     'instead of during the pre-copy; a gateway keeps hints to itself). gap = longest',
     'interval between consecutive ticks seen by the client around the move; `idle` = the same measure with',
-    'nothing moving (the 1 kHz timer’s own jitter on this machine).',
+    'nothing moving (the 1 kHz timer’s own jitter on this machine). freeze = the source’s freeze until it hears the',
+    'verdict; downtime = the freeze until the instance serves at the destination (the verdict’s trip back left out).',
     '',
   );
   out.push(
-    '| state | mode | gap p50 | gap p99 | freeze p50 | total p50 | rounds | final dirty | sent / state | lost | dup | baseline gap p50 | baseline freeze p50 | no-hint gap p50 / p99 | idle gap |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| state | mode | gap p50 | gap p99 | freeze p50 | downtime p50 | total p50 | rounds | final dirty | sent / state | lost | dup | baseline gap p50 | baseline freeze p50 | no-hint gap p50 / p99 | idle gap |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   );
   const kib = (b: number) => (b >= 1 << 20 ? `${fmt(b / (1 << 20))} MiB` : `${fmt(b / 1024)} KiB`);
   for (const c of m.cases) {
     out.push(
-      `| ${kib(c.state_bytes)} | ${c.mode} | ${fmt(c.gap_ms_p50, 1)} ms | ${fmt(c.gap_ms_p99, 1)} ms | ${fmt(c.freeze_ms_p50, 1)} ms | ${fmt(c.total_ms_p50, 0)} ms | ${c.rounds_p50} | ${kib(c.final_dirty_bytes_p50)} | ${fmt(c.bytes_sent_over_state, 2)} | ${c.lost} | ${c.duplicated} | ${fmt(c.baseline_gap_ms_p50, 1)} ms | ${fmt(c.baseline_freeze_ms_p50, 1)} ms | ${c.nohint_gap_ms_p50 === undefined ? '–' : `${fmt(c.nohint_gap_ms_p50, 1)} / ${fmt(c.nohint_gap_ms_p99 ?? 0, 1)} ms`} | ${fmt(c.idle_gap_ms_p99, 1)} ms |`,
+      `| ${kib(c.state_bytes)} | ${c.mode} | ${fmt(c.gap_ms_p50, 1)} ms | ${fmt(c.gap_ms_p99, 1)} ms | ${fmt(c.freeze_ms_p50, 1)} ms | ${c.downtime_ms_p50 === undefined ? '–' : `${fmt(c.downtime_ms_p50, 1)} ms`} | ${fmt(c.total_ms_p50, 0)} ms | ${c.rounds_p50} | ${kib(c.final_dirty_bytes_p50)} | ${fmt(c.bytes_sent_over_state, 2)} | ${c.lost} | ${c.duplicated} | ${fmt(c.baseline_gap_ms_p50, 1)} ms | ${fmt(c.baseline_freeze_ms_p50, 1)} ms | ${c.nohint_gap_ms_p50 === undefined ? '–' : `${fmt(c.nohint_gap_ms_p50, 1)} / ${fmt(c.nohint_gap_ms_p99 ?? 0, 1)} ms`} | ${fmt(c.idle_gap_ms_p99, 1)} ms |`,
     );
   }
   const mib = m.cases.filter((c) => c.state_bytes === 1 << 20);
   out.push('', 'Targets (1 MiB at 1 kHz):', '');
   for (const c of mib) {
     out.push(
-      `- ${c.mode}: gap p50 ${fmt(c.gap_ms_p50, 1)} ms (≤ 5: ${met(c.gap_ms_p50 <= 5)}), p99 ${fmt(c.gap_ms_p99, 1)} ms (≤ 20: ${met(c.gap_ms_p99 <= 20)}), freeze p50 ${fmt(c.freeze_ms_p50, 1)} ms with final dirty set ${kib(c.final_dirty_bytes_p50)} (≤ 2 ms: ${met(c.freeze_ms_p50 <= 2)}); lost = duplicated = 0: ${met(c.lost === 0 && c.duplicated === 0)}.`,
+      `- ${c.mode}: gap p50 ${fmt(c.gap_ms_p50, 1)} ms (≤ 5: ${met(c.gap_ms_p50 <= 5)}), p99 ${fmt(c.gap_ms_p99, 1)} ms (≤ 20: ${met(c.gap_ms_p99 <= 20)}), freeze p50 ${fmt(c.freeze_ms_p50, 1)} ms with final dirty set ${kib(c.final_dirty_bytes_p50)} (≤ 2 ms: ${met(c.freeze_ms_p50 <= 2)}), downtime p50 ${c.downtime_ms_p50 === undefined ? '–' : `${fmt(c.downtime_ms_p50, 1)} ms (≤ 2 ms: ${met(c.downtime_ms_p50 <= 2)})`}; lost = duplicated = 0: ${met(c.lost === 0 && c.duplicated === 0)}.`,
     );
   }
   const svg = barChart({

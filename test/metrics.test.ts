@@ -166,6 +166,12 @@ describe('metrics: directory and hosts', { timeout: 120_000 }, () => {
         1e-9,
     );
     assert.equal(value(mA, 'roam_host_migration_freeze_seconds_count'), 1);
+    assert.equal(value(mA, 'roam_host_migration_downtime_seconds_count'), 1);
+    assert.ok(
+      Math.abs(
+        value(mA, 'roam_host_migration_downtime_seconds_sum') - (rec.phases.freezeSteps?.downtimeMs ?? -1) / 1000,
+      ) < 1e-9,
+    );
     assert.equal(value(mA, 'roam_host_migration_precopy_rounds_count'), 1);
     assert.equal(value(mA, 'roam_host_migration_bytes_total', { direction: 'out' }), rec.bytesSent);
     assert.equal(value(mA, 'roam_host_sessions', { state: 'attached' }), 0);

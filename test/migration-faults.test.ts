@@ -40,7 +40,7 @@ describe('migration faults', { timeout: 180_000 }, () => {
   }
 
   for (const mode of ['direct', 'gateway'] as const) {
-    it(`the destination refuses the final copy (${mode}): the client, already told to move, comes back`, async (t) => {
+    it(`the destination fails the final copy after its commit (${mode}): the client, already told to move, comes back`, async (t) => {
       // Both hosts refuse as destinations: through the gateway, the session may start on either.
       const env = { ROAM_TEST_FAULT: 'destination-refuses-final' };
       const cluster = await startCluster({
@@ -74,6 +74,15 @@ describe('migration faults', { timeout: 180_000 }, () => {
         assert.ok(!events.includes('suspended'), events.join());
         assert.ok(events.includes('resumed'), events.join());
       }
+      assert.deepEqual(await holders(cluster, instance), [a.id]);
+      // The destination failed after its commit's compare-and-set (epoch 1, itself); the source,
+      // told it serves nothing, claimed the instance back over it at the next epoch.
+      const loc = await location(cluster, instance);
+      assert.deepEqual([loc?.host, loc?.epoch], [a.id, 2]);
+      // The source's location watch has seen the destination's epoch 1 by now (it polls every
+      // 50 ms): the source must have taken it as the past, not as a new owner to yield to.
+      await c.flowsOn(200);
+      assert.deepEqual(c.errors, []);
       assert.deepEqual(await holders(cluster, instance), [a.id]);
       assert.equal(d.child.exitCode, null, 'the destination is alive');
     });

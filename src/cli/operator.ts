@@ -150,6 +150,8 @@ export function migrationSummary(m: MigrationRecord): string {
     ['negotiate', ms(p.negotiateMs)],
     ['precopy', ms(p.precopyMs)],
     ['freeze', ms(p.freezeMs)],
+    // Freeze until serving at the destination: the freeze without the verdict's trip back.
+    ...(p.freezeSteps?.downtimeMs !== undefined ? [['downtime', ms(p.freezeSteps.downtimeMs)]] : []),
     ['commit', ms(p.commitMs)],
     ...(p.clientGapMs !== undefined ? [['client gap', ms(p.clientGapMs)]] : []),
   ];

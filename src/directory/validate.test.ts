@@ -89,7 +89,16 @@ describe('directory input checks', () => {
       throttleSteps: 0,
       phases: { negotiateMs: 1, precopyMs: 2, freezeMs: 3, commitMs: 1 },
     };
-    const steps = { workerMs: 0.5, sendMs: 0.25, waitMs: 2, installMs: 0.5, casMs: 0.5, destinationMs: 1.5 };
+    const steps = {
+      workerMs: 0.5,
+      sendMs: 0.25,
+      waitMs: 2,
+      installMs: 0.5,
+      casMs: 0.5,
+      servingMs: 0.75,
+      destinationMs: 1.5,
+      downtimeMs: 1.5,
+    };
     const kept = check.migration({ ...m, phases: { ...m.phases, freezeSteps: { ...steps, extra: 1 } } }, 'm');
     assert.deepEqual(kept.phases.freezeSteps, steps);
     // From a source whose destination reported nothing (or an older destination).
@@ -99,7 +108,14 @@ describe('directory input checks', () => {
       sourceOnly,
     );
     assert.equal(check.migration(m, 'm').phases.freezeSteps, undefined);
-    for (const bad of ['fast', [], { ...steps, workerMs: '1' }, { ...steps, casMs: null }, { sendMs: 1, waitMs: 1 }]) {
+    for (const bad of [
+      'fast',
+      [],
+      { ...steps, workerMs: '1' },
+      { ...steps, casMs: null },
+      { ...steps, downtimeMs: -1 },
+      { sendMs: 1, waitMs: 1 },
+    ]) {
       assert.throws(
         () => check.migration({ ...m, phases: { ...m.phases, freezeSteps: bad } }, 'm'),
         (err: RoamError) => err.code === 'INVALID_ARGUMENT' && err.message.includes('freezeSteps'),

@@ -268,7 +268,7 @@ function freezeSteps(v: unknown, path: string): FreezeSteps {
     sendMs: number(o.sendMs, `${path}.sendMs`),
     waitMs: number(o.waitMs, `${path}.waitMs`),
   };
-  for (const k of ['installMs', 'casMs', 'destinationMs'] as const) {
+  for (const k of ['installMs', 'casMs', 'servingMs', 'destinationMs', 'downtimeMs'] as const) {
     const x = optional(o, k, (y) => number(y, `${path}.${k}`));
     if (x !== undefined) steps[k] = x;
   }

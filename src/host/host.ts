@@ -256,6 +256,9 @@ export class Host extends Emitter<HostEvents> {
           attachMigrated: (inst, service, key, sessions, epoch) =>
             this.attachMigrated(inst, service, key, sessions, epoch),
           membersOf: (inst) => [...(this.instances.get(inst)?.members ?? [])],
+          adoptEpoch: (inst, epoch) => {
+            if (this.instances.has(inst) && epoch > (this.epochs.get(inst) ?? 0)) this.epochs.set(inst, epoch);
+          },
           forgetStub: (sid, stub) => {
             if (this.server.getSession(sid) === stub) this.server.forget(sid);
             else stub.engine.retire();

@@ -278,6 +278,12 @@ export class HostMetrics {
       buckets: GAP_BUCKETS,
       registers,
     });
+    const downtime = new Histogram({
+      name: 'roam_host_migration_downtime_seconds',
+      help: 'Per committed outgoing migration: time the instances ran nowhere (the freeze until serving at the destination).',
+      buckets: GAP_BUCKETS,
+      registers,
+    });
     const rounds = new Histogram({
       name: 'roam_host_migration_precopy_rounds',
       help: 'Per committed outgoing migration: pre-copy rounds before the stop-and-copy.',
@@ -300,6 +306,8 @@ export class HostMetrics {
       bytes.inc({ direction: 'out' }, m.bytesSent);
       if (m.outcome === 'committed') {
         freeze.observe(m.phases.freezeMs / 1000);
+        const down = m.phases.freezeSteps?.downtimeMs;
+        if (down !== undefined) downtime.observe(down / 1000);
         rounds.observe(m.rounds.length);
       }
     });

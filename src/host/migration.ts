@@ -68,7 +68,10 @@ export type MigrationFault =
   | 'destination-on-round'
   | 'destination-on-final'
   | 'source-after-commit'
-  /** Not a crash: the destination refuses the final copy, as if its install or commit failed. */
+  /**
+   * Not a crash: the destination fails the final copy after its commit's compare-and-set, as if
+   * its install failed; the source must claim the instance back over the destination's epoch.
+   */
   | 'destination-refuses-final';
 
 /** How long a destination answers MIGRATION_ABORTED for the sessions of an aborted migration. */
@@ -104,6 +107,8 @@ export interface MigrationHost {
   ): void;
   /** Session ids of an instance, as the host tracks them. */
   membersOf(inst: string): string[];
+  /** This host claimed its instance back at `epoch` (a migration failed after `final`). */
+  adoptEpoch(inst: string, epoch: number): void;
   /**
    * A moved session's stub is no longer needed: drop it from the session server — unless the
    * session came back meanwhile and the server now holds a newer object under the same id.
@@ -181,7 +186,11 @@ type ToSource =
   | { t: 'refuse'; code: CodeName; message: string }
   | { t: 'ack'; n: number }
   /** `steps`: the destination's part of the freeze (FreezeSteps' destination fields), ms. */
-  | { t: 'committed'; epochs: number[]; steps?: { installMs: number; casMs: number; destinationMs: number } }
+  | {
+      t: 'committed';
+      epochs: number[];
+      steps?: { installMs: number; casMs: number; servingMs: number; destinationMs: number };
+    }
   | { t: 'failed'; code: CodeName; message: string }
   | { t: 'resumed'; sids: string[]; gapMs: number }
   | { t: 'gap'; ms: number | undefined };
@@ -307,7 +316,7 @@ function ownedBytes(b: unknown): Uint8Array {
 function destinationSteps(v: unknown): Partial<FreezeSteps> {
   const out: Partial<FreezeSteps> = {};
   if (typeof v !== 'object' || v === null) return out;
-  for (const k of ['installMs', 'casMs', 'destinationMs'] as const) {
+  for (const k of ['installMs', 'casMs', 'servingMs', 'destinationMs'] as const) {
     const x = (v as Record<string, unknown>)[k];
     if (typeof x === 'number' && Number.isFinite(x) && x >= 0) out[k] = x;
   }
@@ -428,6 +437,8 @@ export class Migrations {
     let link: Link<ToSource, ToDestination> | undefined;
     let frozenAt: number | undefined;
     let finalSent = false;
+    /** The destination answered `failed`: whatever it wrote to the Store, it serves nothing. */
+    let destFailed = false;
     let throttle = 0;
     const progress = (phase: string, round?: number, etaMs?: number) =>
       h.emit({ type: 'migration.progress', id: rec.id, instances: insts, phase, round, etaMs });
@@ -587,18 +598,28 @@ export class Migrations {
       finalSent = true;
       h.log.debug({ migration: rec.id, step: 'final-sent', at: wall() }, 'migration step');
       const verdict = await link.next(this.stepTimeoutMs);
-      if (verdict.t === 'failed') throw new RoamError(verdict.code, verdict.message);
+      if (verdict.t === 'failed') {
+        destFailed = true;
+        throw new RoamError(verdict.code, verdict.message);
+      }
       if (verdict.t !== 'committed') throw new RoamError('INTERNAL', `unexpected ${verdict.t} instead of commit`);
       const tCommit = performance.now();
       h.log.debug({ migration: rec.id, step: 'committed', at: wall() }, 'migration step');
       rec.phases.freezeMs = tCommit - tPre;
       rec.phases.commitMs = tCommit - tFinal;
-      rec.phases.freezeSteps = {
+      const steps: FreezeSteps = {
         workerMs: tFrozen - tFreeze,
         sendMs: tFinal - tFrozen,
         waitMs: tCommit - tFinal,
         ...destinationSteps(verdict.steps),
       };
+      if (steps.servingMs !== undefined && steps.destinationMs !== undefined) {
+        // The two hosts' clocks are not compared: the link's one-way time is taken as half of the
+        // round trip the destination did not spend.
+        const transit = Math.max(0, steps.waitMs - steps.destinationMs) / 2;
+        steps.downtimeMs = tFinal - tPre + transit + steps.servingMs;
+      }
+      rec.phases.freezeSteps = steps;
       rec.epoch = verdict.epochs[0];
       this.crashAt('source-after-commit');
       await this.afterCommit(insts, worker, dest, transfers, link, rec);
@@ -606,8 +627,12 @@ export class Migrations {
     } catch (err) {
       let e = err instanceof RoamError ? err : new RoamError('INTERNAL', (err as Error).message, { cause: err });
       if (finalSent) {
-        // We may not know the verdict: settle it in the Store.
-        const owner = await this.claimBack(insts);
+        // We may not know the verdict, or the destination failed after its commit: settle it in the
+        // Store.
+        const owner = await this.claimBack(insts, destFailed ? dest.id : undefined).catch((err: unknown) => {
+          h.log.error({ migration: rec.id, err: (err as Error).message }, 'could not claim the instance back');
+          return undefined;
+        });
         if (owner === dest.id) {
           rec.phases.freezeMs = performance.now() - t0 - rec.phases.negotiateMs - rec.phases.precopyMs;
           await this.afterCommit(insts, worker, dest, [], undefined, rec);
@@ -642,23 +667,29 @@ export class Migrations {
   }
 
   /**
-   * The verdict was lost: make it. Claims every instance back at the revisions the migration
-   * started from; losing that CAS means the destination committed first.
+   * The verdict was lost, or the destination failed after committing: make it. Claims every
+   * instance back at the next epoch, over the revisions read now; losing that CAS means the
+   * destination committed first. `failed`: the destination said it serves nothing, so its own
+   * commit is taken over too (anyone else's is not).
    */
-  private async claimBack(insts: string[]): Promise<string | undefined> {
+  private async claimBack(insts: string[], failed?: string): Promise<string | undefined> {
     const h = this.host;
     const locs = await readLocations(h.store, insts);
-    const mine = locs.every((l) => !l.record || l.record.host === h.id);
-    if (!mine) return locs.find((l) => l.record && l.record.host !== h.id)?.record?.host;
+    const mine = locs.every((l) => !l.record || l.record.host === h.id || l.record.host === failed);
+    if (!mine) return locs.find((l) => l.record && l.record.host !== h.id && l.record.host !== failed)?.record?.host;
     const svc = h.instance(insts[0] ?? '')?.service ?? '';
+    const epochs = locs.map((l) => (l.record?.epoch ?? 0) + 1);
     try {
       await h.store.compareAndSetMany(
-        locs.map((l) => ({
+        locs.map((l, i) => ({
           key: ClusterKeys.location(l.inst),
           expectedRevision: l.revision,
-          value: locValue({ instance: l.inst, service: svc, host: h.id, epoch: (l.record?.epoch ?? 0) + 1 }),
+          value: locValue({ instance: l.inst, service: svc, host: h.id, epoch: epochs[i] as number }),
         })),
       );
+      // Before the instances stop being outgoing: the location watch, which may still bring the
+      // failed destination's epoch, must take it as the past, not as a new owner to yield to.
+      for (const [i, l] of locs.entries()) h.adoptEpoch(l.inst, epochs[i] as number);
       return h.id;
     } catch (err) {
       if ((err as RoamError).code !== 'STORE_CONFLICT') throw err;
@@ -838,9 +869,6 @@ export class Migrations {
           }
         } else if (m.t === 'final') {
           this.crashAt('destination-on-final');
-          if (this.fault === 'destination-refuses-final') {
-            throw new RoamError('INTERNAL', 'fault injection: the destination refuses the final copy');
-          }
           staged = true;
           await Promise.all(pending.splice(0));
           await this.install(link, offer, worker, m, arrival);
@@ -943,13 +971,26 @@ export class Migrations {
     const insts = offer.instances;
     const tReceived = performance.now();
     h.log.debug({ migration: mid, step: 'final-received', at: wall() }, 'migration step');
-    // The worker installs while the sessions are rebuilt here.
+    // The worker installs while this thread commits (the Store write is an fsync) and rebuilds the
+    // sessions: the install runs no user code and fails only on a corrupt frame or a dead worker, so
+    // it need not finish before the commit. If it fails after the commit, the source claims the
+    // instance back over this host's epoch (it knows from `failed` that nothing runs here).
     const frozen = ownedBytes(m.frozen);
     const installed = worker.request({ op: 'install', frozen }, [frozen.buffer as ArrayBuffer]);
     installed.catch(() => {});
     const sessions = new Map<string, ServerSession[]>();
     const bySid = new Map<string, ServerSession>();
     try {
+      const epochs = new Map(m.claims.map((c) => [c.inst, c.epoch + 1]));
+      await h.store.compareAndSetMany(
+        m.claims.map((c) => ({
+          key: ClusterKeys.location(c.inst),
+          expectedRevision: c.revision,
+          value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs.get(c.inst) as number }),
+        })),
+      );
+      const tCas = performance.now();
+      h.log.debug({ migration: mid, step: 'cas-done', at: wall() }, 'migration step');
       for (const t of m.sessions) {
         // The session left this host earlier and comes back: its old stub must not outlive it (a
         // late "resumed" report would otherwise drop the new session with the stub's id).
@@ -965,19 +1006,12 @@ export class Migrations {
         arrival.add(t.sid);
       }
       h.log.debug({ migration: mid, step: 'sessions-built', at: wall() }, 'migration step');
+      if (this.fault === 'destination-refuses-final') {
+        throw new RoamError('INTERNAL', 'fault injection: the destination fails its install after the commit');
+      }
       await installed;
       const tInstalled = performance.now();
       h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
-      const epochs = new Map(m.claims.map((c) => [c.inst, c.epoch + 1]));
-      await h.store.compareAndSetMany(
-        m.claims.map((c) => ({
-          key: ClusterKeys.location(c.inst),
-          expectedRevision: c.revision,
-          value: locValue({ instance: c.inst, service, host: h.id, epoch: epochs.get(c.inst) as number }),
-        })),
-      );
-      const tCas = performance.now();
-      h.log.debug({ migration: mid, step: 'cas-done', at: wall() }, 'migration step');
       for (const i of insts) {
         h.attachMigrated(i.inst, service, i.key ?? undefined, sessions.get(i.inst) ?? [], epochs.get(i.inst) ?? 0);
       }
@@ -987,12 +1021,14 @@ export class Migrations {
         .request({ op: 'activate', insts: insts.map((i) => i.inst) })
         .catch((err: unknown) => h.log.error({ migration: mid, err: (err as Error).message }, 'activation failed'));
       arrival.settle(bySid);
+      const tServing = performance.now();
       link.send({
         t: 'committed',
         epochs: [...epochs.values()],
         steps: {
           installMs: tInstalled - tReceived,
-          casMs: tCas - tInstalled,
+          casMs: tCas - tReceived,
+          servingMs: tServing - tReceived,
           destinationMs: performance.now() - tReceived,
         },
       });

@@ -126,8 +126,9 @@ export interface MigrationRecord {
 
 /**
  * The freeze of one migration, step by step. The source measures the first three (they add up to
- * `freezeMs`), the destination the last three on its own clock and reports them with its verdict:
- * `waitMs - destinationMs` is what the link and the two event loops' wake-ups cost.
+ * `freezeMs`, which ends when the source hears the verdict), the destination the next four on its
+ * own clock and reports them with its verdict: `waitMs - destinationMs` is what the link and the
+ * two event loops' wake-ups cost.
  */
 export interface FreezeSteps {
   /** Source: the freeze posted to the service worker → its frozen copy back. */
@@ -138,10 +139,18 @@ export interface FreezeSteps {
   waitMs: number;
   /** Destination: the final copy received → installed by its service worker. */
   installMs?: number;
-  /** Destination: → the location compare-and-set done in the Store. */
+  /** Destination: the final copy received → the location compare-and-set done (it overlaps the install). */
   casMs?: number;
+  /** Destination: the final copy received → the instance and its sessions serving there. */
+  servingMs?: number;
   /** Destination: the final copy received → the verdict sent. */
   destinationMs?: number;
+  /**
+   * The instance ran nowhere for this long (the downtime): the source's freeze → serving at the
+   * destination. Estimated without comparing the hosts' clocks: the source's steps up to the
+   * final copy, plus half of the round trip the destination did not spend, plus `servingMs`.
+   */
+  downtimeMs?: number;
 }
 
 /** Progress of a drain, as the draining host reports it. */
