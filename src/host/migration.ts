@@ -630,6 +630,9 @@ export class Migrations {
         // We may not know the verdict, or the destination failed after its commit: settle it in the
         // Store.
         const owner = await this.claimBack(insts, destFailed ? dest.id : undefined).catch((err: unknown) => {
+          // With the verdict lost, the destination may be serving: staying frozen is the safe side
+          // of the one-owner rule. After `failed` it serves nothing, so this host goes on serving.
+          if (!destFailed) throw err;
           h.log.error({ migration: rec.id, err: (err as Error).message }, 'could not claim the instance back');
           return undefined;
         });
