@@ -37,7 +37,7 @@ const out: string[] = [
   '```',
   '',
   'A `--quick` run (smaller, for a first look) writes `<suite>-partial.json` instead, as do `--only`,',
-  '`--sides`, `--sizes` and `--diag`, so the results below always come from full runs.',
+  '`--sides`, `--sizes`, `--diag` and profiled runs (`ROAM_TEST_NODE_ARGS=--cpu-prof…`), so the results below always come from full runs.',
   '',
 ];
 

@@ -2,12 +2,13 @@
  * Bench runner: `npm run bench -- <suite> [--quick] [--only=a,b] [--sides=roam,ws] [--sizes=64,1024] [--diag]`
  *
  * Runs bench/<suite>.ts, writes pretty JSON to bench/results/<suite>.json (or <suite>-partial.json
- * when --quick/--only/--sides/--sizes/--diag changed the run) and prints a short summary. Progress goes to
- * stderr, the summary to stdout. Exit codes: 0 ok, 1 the suite failed, 2 bad usage (unknown suite
+ * when --quick/--only/--sides/--sizes/--diag or profiled roam processes changed the run) and prints a
+ * short summary. Progress goes to stderr, the summary to stdout. Exit codes: 0 ok, 1 the suite failed, 2 bad usage (unknown suite
  * or flag).
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { PROFILING } from '../test/support/cli.js';
 
 export interface SuiteOptions {
   quick: boolean;
@@ -86,8 +87,15 @@ async function main(): Promise<void> {
   await mkdir(dir, { recursive: true });
   // A quick, partial or instrumented run (--quick/--only/--sides/--sizes/--diag) must not overwrite
   // the full results the docs are drawn from.
+  // So must a run whose roam processes are profiled (ROAM_TEST_NODE_ARGS=--cpu-prof…): profiling
+  // slows them down.
   const partial =
-    opts.quick || opts.only !== undefined || opts.sides !== undefined || opts.sizes !== undefined || opts.diag === true;
+    opts.quick ||
+    opts.only !== undefined ||
+    opts.sides !== undefined ||
+    opts.sizes !== undefined ||
+    opts.diag === true ||
+    PROFILING;
   const file = `${dir}${suite}${partial ? '-partial' : ''}.json`;
   await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
   const summary = mod.summarize ? mod.summarize(result as never) : JSON.stringify(result, null, 2);
