@@ -3,8 +3,8 @@
  *
  * Runs bench/<suite>.ts, writes pretty JSON to bench/results/<suite>.json (or <suite>-partial.json
  * when --quick/--only/--sides/--sizes/--diag or profiled roam processes changed the run) and prints a
- * short summary. Progress goes to stderr, the summary to stdout. Exit codes: 0 ok, 1 the suite failed, 2 bad usage (unknown suite
- * or flag).
+ * short summary. Progress goes to stderr, the summary to stdout. Exit codes: 0 ok, 1 the suite
+ * failed, 2 bad usage (unknown suite or flag).
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
