@@ -11,8 +11,15 @@ export async function openMany(url: string, n: number, concurrency = 50): Promis
     const batch = Array.from({ length: Math.min(concurrency, n - i) }, () =>
       streamClient(connect(url, { service: 'stream', reconnect: { initialDelayMs: 5, maxDelayMs: 200 } })),
     );
-    await Promise.all(batch.map((c) => c.session.ready));
     out.push(...batch);
+    try {
+      await Promise.all(batch.map((c) => c.session.ready));
+    } catch (err) {
+      // The caller never gets these to close: sessions left reconnecting would keep the test
+      // process alive after the failure, and the runner would report a timeout instead of it.
+      for (const c of out) c.session.close();
+      throw err;
+    }
   }
   return out;
 }
