@@ -85,10 +85,9 @@ async function main(): Promise<void> {
   const result = await mod.run(opts);
   const dir = fileURLToPath(new URL('./results/', import.meta.url));
   await mkdir(dir, { recursive: true });
-  // A quick, partial or instrumented run (--quick/--only/--sides/--sizes/--diag) must not overwrite
-  // the full results the docs are drawn from.
-  // So must a run whose roam processes are profiled (ROAM_TEST_NODE_ARGS=--cpu-prof…): profiling
-  // slows them down.
+  // A quick, partial or instrumented run (--quick/--only/--sides/--sizes/--diag, or roam processes
+  // profiled through ROAM_TEST_NODE_ARGS=--cpu-prof…) must not overwrite the full results the docs
+  // are drawn from.
   const partial =
     opts.quick ||
     opts.only !== undefined ||

@@ -143,7 +143,7 @@ export interface FreezeSteps {
   casMs?: number;
   /** Destination: the final copy received → the instance and its sessions serving there. */
   servingMs?: number;
-  /** Destination: the final copy received → the verdict sent. */
+  /** Destination: the final copy received → the verdict ready to send (just after `servingMs`). */
   destinationMs?: number;
   /**
    * The instance ran nowhere for this long (the downtime): the source's freeze → serving at the
