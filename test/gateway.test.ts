@@ -245,7 +245,12 @@ async function expectError(conn: FramedConnection, code: string): Promise<void> 
 }
 
 /** A stand-in directory: serves /api/hosts and /api/sessions from a table, checking cluster signatures. */
-async function fakeDirectory(t: TestContext, hosts: () => HostRecord[], sessions: () => Map<string, string>) {
+async function fakeDirectory(
+  t: TestContext,
+  hosts: () => HostRecord[],
+  sessions: () => Map<string, string>,
+  unreachable: () => string[] = () => [],
+) {
   const verifier = new RequestVerifier(SECRET);
   const sockets = new Set<Socket>();
   let requests = 0;
@@ -263,7 +268,7 @@ async function fakeDirectory(t: TestContext, hosts: () => HostRecord[], sessions
     else if (u.pathname === '/api/sessions') {
       const id = u.searchParams.get('id') ?? '';
       const host = sessions().get(id);
-      res.end(JSON.stringify({ sessions: host ? [{ session: id, host }] : [] }));
+      res.end(JSON.stringify({ sessions: host ? [{ session: id, host }] : [], unreachable: unreachable() }));
     } else if (u.pathname === '/api/instances') res.end(JSON.stringify({ instances: [] }));
     else res.writeHead(404).end('{"error":{"code":"NOT_FOUND","message":"no"}}');
   });
@@ -667,6 +672,74 @@ describe('gateway', () => {
     assert.deepEqual(states.get(id)?.got, [1, 2, 3]);
     assert.ok(b.server.getSession(id));
   });
+  it('with a directory: a session on a host that registered after the last table load is found, not lost', async (t) => {
+    const a = await startHost(t, 'a');
+    const b = await startHost(t, 'b');
+    const listed = [hostRecord(a)];
+    const where = new Map<string, string>();
+    const dir = await fakeDirectory(
+      t,
+      () => listed,
+      () => where,
+    );
+    // No periodic load during the test, and on-demand loads far apart: the gateway loaded its
+    // table at start, before b was listed, and may not load it again for a while.
+    const gw = await startGateway(t, { directory: dir.url, refreshMs: 600_000, minRefreshGapMs: 300 });
+    assert.equal(gw.hosts().length, 1);
+    listed.push(hostRecord(b));
+
+    // The session starts on b directly (a migration's destination, as the gateway sees it), then
+    // its next transport goes through the gateway.
+    let via = b.ws;
+    const s = open('ws://gateway.invalid:1', 'echo', {
+      connector: (_url, o) => connectTransport(via, { localAddress: o.localAddress }),
+    });
+    t.after(() => s.close());
+    await s.ready;
+    const id = s.id as string;
+    where.set(id, 'b');
+    const resumed = nextEvent(s, 'resumed');
+    const lost = nextEvent(s, 'lost').then((ev) => assert.fail(`session lost: ${JSON.stringify(ev)}`));
+    via = urlOf(gw, 'ws');
+    s.reconnectNow();
+    await Promise.race([resumed, lost]);
+    await echo(s, 'through the gateway, on b');
+    assert.equal(s.state, 'open');
+    assert.ok(
+      gw.hosts().some((h) => h.id === 'b'),
+      'the lookup loaded the table again',
+    );
+  });
+
+  it('with a directory: a session not found while a host did not answer is retryable, not unknown', async (t) => {
+    const a = await startHost(t, 'a');
+    const down = ['c'];
+    const dir = await fakeDirectory(
+      t,
+      () => [hostRecord(a)],
+      () => new Map(),
+      () => down,
+    );
+    const gw = await startGateway(t, { directory: dir.url, refreshMs: 600_000 });
+    const resume = (r: { conn: FramedConnection; nonce: Uint8Array }) =>
+      r.conn.writeFrame({
+        type: FrameType.RESUME,
+        sessionId: new Uint8Array(randomBytes(16)),
+        nonce: r.nonce,
+        lastSeq: 0,
+        clientNonce: newNonce(),
+        mac: new Uint8Array(32),
+      });
+    const r1 = await rawClient(urlOf(gw, 'ws'));
+    resume(r1);
+    await expectError(r1.conn, 'UNAVAILABLE');
+    // Once every host answers, a session nobody holds is unknown.
+    down.length = 0;
+    const r2 = await rawClient(urlOf(gw, 'ws'));
+    resume(r2);
+    await expectError(r2.conn, 'UNKNOWN_SESSION');
+  });
+
   it('roam gateway runs as a process: help, splices via the directory, stops cleanly on SIGINT', async (t) => {
     const help = await roam(['gateway', '--help']);
     assert.equal(help.code, 0);

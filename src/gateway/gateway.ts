@@ -62,6 +62,11 @@ export interface GatewayOptions {
   splicePool?: number;
   /** Directory host table refresh period. Default 3 s. */
   refreshMs?: number;
+  /**
+   * On-demand loads of the directory's host table (a MOVE or a session lookup naming a host the
+   * gateway does not know) start at most this often; a lookup waits for the next one. Default 500 ms.
+   */
+  minRefreshGapMs?: number;
 }
 
 /** Running totals, for tests and metrics. */
@@ -168,6 +173,7 @@ export class Gateway {
       clock: opts.clock ?? systemClock,
       log: opts.logger ?? silent,
       refreshMs: opts.refreshMs,
+      minRefreshGapMs: opts.minRefreshGapMs,
     });
     const gw = new Gateway(opts, table);
     try {

@@ -80,6 +80,9 @@ export class HostTable {
   private dirInstances: { at: number; map: Map<string, string> } | undefined;
   private refreshing: Promise<void> | undefined;
   private lastRefreshAt = Number.NEGATIVE_INFINITY;
+  /** Loads begun and finished; one runs at a time, so load n is done once `loadsDone >= n`. */
+  private loadsStarted = 0;
+  private loadsDone = 0;
   private timer: TimerHandle | undefined;
   private closed = false;
   private readonly refreshMs: number;
@@ -101,7 +104,7 @@ export class HostTable {
   /** Loads the directory's table once (a failure is logged: routing waits for the next refresh). */
   async start(): Promise<void> {
     if (!this.opts.directory) return;
-    await this.refresh(true);
+    await this.refresh();
     this.schedule();
   }
 
@@ -132,7 +135,7 @@ export class HostTable {
     };
     const h = find();
     if (h || !this.opts.directory) return h;
-    await this.refresh(false);
+    await this.refreshAfterNow();
     return find();
   }
 
@@ -176,15 +179,25 @@ export class HostTable {
     const h = cached === undefined ? undefined : this.hosts.get(cached);
     if (h) return { host: h, fromCache: true };
     if (!this.opts.directory) return undefined;
-    const res = await this.fetch<{ sessions?: Array<{ host?: unknown }> }>(`/api/sessions?id=${sid}`);
+    const res = await this.fetch<{ sessions?: Array<{ host?: unknown }>; unreachable?: unknown }>(
+      `/api/sessions?id=${sid}`,
+    );
     const hostId = res.sessions?.find((s) => typeof s.host === 'string')?.host as string | undefined;
-    if (hostId === undefined) return undefined;
+    if (hostId === undefined) {
+      // A host the directory could not ask may hold it (one that just died, its sessions on their
+      // way to a destination): that is no proof the session is gone, so the client retries.
+      if (Array.isArray(res.unreachable) && res.unreachable.length > 0) {
+        throw new RoamError('UNAVAILABLE', `session not found, ${res.unreachable.length} host(s) did not answer`);
+      }
+      return undefined;
+    }
     let found = this.hosts.get(hostId);
     if (!found) {
-      await this.refresh(false);
+      // A host that registered after our last load (a migration's destination, typically).
+      await this.refreshAfterNow();
       found = this.hosts.get(hostId);
     }
-    if (!found) return undefined;
+    if (!found) throw new RoamError('UNAVAILABLE', `session is on host ${hostId}, not in the gateway's table yet`);
     this.rememberSession(sid, found.id);
     return { host: found, fromCache: false };
   }
@@ -218,10 +231,31 @@ export class HostTable {
   }
 
   /** Reloads the directory's host table; concurrent calls share one request, on-demand ones are rate-limited. */
-  refresh(force: boolean): Promise<void> {
+  /**
+   * Resolves once a load of the directory's table that began after this call has finished: a load
+   * already running may predate what the caller is looking for. On-demand loads still start at
+   * most once per `minRefreshGapMs`: a caller waits out the gap rather than being skipped.
+   */
+  async refreshAfterNow(): Promise<void> {
+    if (!this.opts.directory) return;
+    const want = this.loadsStarted + 1;
+    while (!this.closed && this.loadsDone < want) {
+      if (this.refreshing) {
+        await this.refreshing;
+        continue;
+      }
+      const wait = this.lastRefreshAt + this.minRefreshGapMs - this.opts.clock.now();
+      if (wait > 0) {
+        await new Promise<void>((resolve) => this.opts.clock.setTimeout(resolve, wait));
+        continue;
+      }
+      await this.refresh();
+    }
+  }
+
+  private refresh(): Promise<void> {
     if (!this.opts.directory) return Promise.resolve();
     if (this.refreshing) return this.refreshing;
-    if (!force && this.opts.clock.now() - this.lastRefreshAt < this.minRefreshGapMs) return Promise.resolve();
     this.refreshing = this.load().finally(() => {
       this.refreshing = undefined;
     });
@@ -230,6 +264,7 @@ export class HostTable {
 
   private async load(): Promise<void> {
     this.lastRefreshAt = this.opts.clock.now();
+    this.loadsStarted++;
     try {
       const res = await this.fetch<{ hosts?: HostRecord[] } | HostRecord[]>('/api/hosts');
       const list = Array.isArray(res) ? res : (res.hosts ?? []);
@@ -255,6 +290,8 @@ export class HostTable {
       this.hosts = next;
     } catch (err) {
       this.opts.log.warn({ err: (err as Error).message }, 'gateway: directory host table refresh failed');
+    } finally {
+      this.loadsDone++;
     }
   }
 
@@ -262,7 +299,7 @@ export class HostTable {
     if (this.closed) return;
     this.timer = this.opts.clock.setTimeout(() => {
       this.timer = undefined;
-      void this.refresh(true).finally(() => this.schedule());
+      void this.refresh().finally(() => this.schedule());
     }, this.refreshMs);
   }
 
