@@ -70,10 +70,16 @@ interface TestHost {
 }
 
 /** A SessionServer (echo, counter, stream) with a PeerServer that mounts the splice handler. */
-async function startHost(t: TestContext, id: string, services: Record<string, SessionHandler> = {}): Promise<TestHost> {
+async function startHost(
+  t: TestContext,
+  id: string,
+  services: Record<string, SessionHandler> = {},
+  extra: Partial<ConstructorParameters<typeof SessionServer>[0]> = {},
+): Promise<TestHost> {
   const server = new SessionServer({
     logger: silentLogger(),
     services: { ...builtinServices(), stream: streamService, ...services },
+    ...extra,
   });
   const ws = (await server.listen('ws://127.0.0.1:0')).url;
   const tcp = (await server.listen('tcp://127.0.0.1:0')).url;
@@ -186,6 +192,27 @@ async function moveByHand(from: TestHost, to: TestHost, id: string, clientUrl: s
   to.server.adopt(copy);
   assert.ok(await s.move(clientUrl), 'MOVE went out on an attached transport');
   from.server.forget(id);
+}
+
+/**
+ * Moves session `id` from `from` to `to` as {@link moveByHand} does, but keeps the frozen copy on
+ * `from` as a migrating host keeps its stub; returns it.
+ */
+async function moveKeepingStub(from: TestHost, to: TestHost, id: string, clientUrl: string): Promise<ServerSession> {
+  const s = from.server.getSession(id);
+  assert.ok(s);
+  s.engine.freeze();
+  const copy = new ServerSession(
+    s.sessionId,
+    s.service,
+    s.key,
+    SessionEngine.restore(s.engine.exportTransport()),
+    s.keyForResume,
+  );
+  streamService.open(copy);
+  to.server.adopt(copy);
+  assert.ok(await s.move(clientUrl), 'MOVE went out on an attached transport');
+  return s;
 }
 
 /** Sends 1..n paced over time (so a move lands mid-stream), respecting backpressure. */
@@ -738,6 +765,91 @@ describe('gateway', () => {
     const r2 = await rawClient(urlOf(gw, 'ws'));
     resume(r2);
     await expectError(r2.conn, 'UNKNOWN_SESSION');
+  });
+
+  it("a RESUME that reaches a moved session's stub after its client went on elsewhere is redirected there, not refused", {
+    timeout: 20_000,
+  }, async (t) => {
+    let movedTo: string | undefined;
+    const a = await startHost(t, 'a', {}, { movedTo: () => movedTo });
+    const b = await startHost(t, 'b');
+    const where = new Map<string, string>();
+    const dir = await fakeDirectory(
+      t,
+      () => [hostRecord(a), hostRecord(b)],
+      () => where,
+    );
+    const gw1 = await startGateway(t, { directory: dir.url, refreshMs: 600_000 });
+    const gw2 = await startGateway(t, { directory: dir.url, refreshMs: 600_000 });
+    let via = urlOf(gw1, 'ws');
+    const s = open('ws://gateway.invalid:1', 'stream', {
+      connector: (_url, o) => connectTransport(via, { localAddress: o.localAddress }),
+    });
+    t.after(() => s.close());
+    const lost = nextEvent(s, 'lost').then((ev) => assert.fail(`session lost: ${JSON.stringify(ev)}`));
+    await s.ready;
+    const id = s.id as string;
+    assert.ok(a.server.getSession(id));
+    where.set(id, 'a');
+    await echo(s, '1');
+
+    // gw1 follows the MOVE to b; the client goes on there, past anything the stub on a sent.
+    const resumedOnB = nextEvent(s, 'resumed');
+    const stub = await moveKeepingStub(a, b, id, b.ws);
+    movedTo = b.ws;
+    await Promise.race([resumedOnB, lost]);
+    await echo(s, '2');
+    await echo(s, '3');
+    assert.equal(a.server.getSession(id), stub, 'the stub is still on a');
+
+    // The next transport goes through gw2, whose directory still says a: the stub sends it on.
+    const resumed = nextEvent(s, 'resumed');
+    via = urlOf(gw2, 'ws');
+    s.reconnectNow();
+    await Promise.race([resumed, lost]);
+    await echo(s, '4');
+    assert.equal(gw2.counters.redirected, 1, 'gw2 followed the stub to b');
+    assert.deepEqual(states.get(id)?.got, [1, 2, 3, 4]);
+    assert.equal(states.get(id)?.bad, undefined);
+  });
+
+  it("a direct client that reaches a moved session's stub through a stale route resumes at the destination", {
+    timeout: 20_000,
+  }, async (t) => {
+    let movedTo: string | undefined;
+    const a = await startHost(t, 'a', {}, { movedTo: () => movedTo });
+    const b = await startHost(t, 'b');
+    // Once, a transport meant for b lands on a (a stale NAT or load-balancer mapping, say).
+    let staleOnce = false;
+    const s = open(a.ws, 'stream', {
+      connector: (url, o) => {
+        const to = staleOnce && url === b.ws ? a.ws : url;
+        if (to !== url) staleOnce = false;
+        return connectTransport(to, { localAddress: o.localAddress });
+      },
+    });
+    t.after(() => s.close());
+    const lost = nextEvent(s, 'lost').then((ev) => assert.fail(`session lost: ${JSON.stringify(ev)}`));
+    await s.ready;
+    const id = s.id as string;
+    await echo(s, '1');
+    const resumedOnB = nextEvent(s, 'resumed');
+    await moveKeepingStub(a, b, id, b.ws);
+    movedTo = b.ws;
+    await Promise.race([resumedOnB, lost]);
+    await echo(s, '2');
+    await echo(s, '3');
+
+    const moved = nextEvent(s, 'moved');
+    const resumed = nextEvent(s, 'resumed');
+    staleOnce = true;
+    s.reconnectNow();
+    assert.equal((await Promise.race([moved, lost]))?.url, b.ws, 'the stub named b');
+    await Promise.race([resumed, lost]);
+    assert.equal(staleOnce, false, 'the stale route was taken');
+    await echo(s, '4');
+    assert.deepEqual(states.get(id)?.got, [1, 2, 3, 4]);
+    assert.ok(b.server.getSession(id));
   });
 
   it('roam gateway runs as a process: help, splices via the directory, stops cleanly on SIGINT', async (t) => {

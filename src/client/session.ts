@@ -103,7 +103,7 @@ interface Prepared {
 const PREPARED_TTL_MS = 5000;
 
 /** INSTANCE_ELSEWHERE answers followed in a row before backing off (owners can move meanwhile). */
-const MAX_HELLO_REDIRECTS = 3;
+const MAX_REDIRECTS = 3;
 
 /**
  * Where an INSTANCE_ELSEWHERE answer sends a HELLO: the URL in its message, if it parses and keeps
@@ -455,7 +455,7 @@ export class Session extends Emitter<SessionEvents> {
         if (e.code === 'INSTANCE_ELSEWHERE') {
           // The keyed instance runs on another host of the cluster: open the session there.
           const to = redirectTarget(this._url, e.message);
-          if (to !== undefined && redirects < MAX_HELLO_REDIRECTS) {
+          if (to !== undefined && redirects < MAX_REDIRECTS) {
             redirects++;
             this._url = to;
             this.publish({ type: 'moved', url: to });
@@ -490,6 +490,7 @@ export class Session extends Emitter<SessionEvents> {
     const detachedAt = this.clock.now();
     this.attempt = this.resumeImmediately ? -1 : 0;
     this.resumeImmediately = false;
+    let redirects = 0;
     while (this._state === 'suspended') {
       await this.backoff();
       if (this._state !== 'suspended') return;
@@ -522,6 +523,19 @@ export class Session extends Emitter<SessionEvents> {
         this.connecting = undefined;
         conn?.abort();
         const e = asRoamError(err);
+        if (e.code === 'INSTANCE_ELSEWHERE' && this._state === 'suspended') {
+          // A moved session's stub, reached by a stale route after we had gone on elsewhere,
+          // names the host that has the session now: resume there at once.
+          const to = redirectTarget(this._url, e.message);
+          if (to !== undefined && redirects < MAX_REDIRECTS) {
+            redirects++;
+            this.fallbackUrl = undefined;
+            this._url = to;
+            this.publish({ type: 'moved', url: to });
+            this.attempt = -1;
+            continue;
+          }
+        }
         if (this.fallbackUrl !== undefined && this._state === 'suspended') {
           this.fallBack(e);
           continue;

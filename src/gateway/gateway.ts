@@ -81,7 +81,7 @@ export interface GatewayCounters {
   refused: number;
   /** Splice links taken from the pool of open ones instead of opened on demand. */
   pooled: number;
-  /** Keyed HELLOs a host sent on to the instance's owner (INSTANCE_ELSEWHERE), followed here. */
+  /** Keyed HELLOs and stale RESUMEs a host sent on elsewhere (INSTANCE_ELSEWHERE), followed here. */
   redirected: number;
 }
 
@@ -467,10 +467,11 @@ class ClientSplice {
           this.fail('TRANSPORT_CLOSED', 'session not on the cached host; reconnect');
           return;
         }
-        if (!this.established && f.code === 'INSTANCE_ELSEWHERE' && this.opening?.first.type === FrameType.HELLO) {
-          // A keyed instance's owner is another host (our cache or the directory lagged): take
-          // the same HELLO there; the client only sees the WELCOME.
-          void this.redirectHello(f.message);
+        if (!this.established && f.code === 'INSTANCE_ELSEWHERE' && this.opening) {
+          // A keyed instance's owner is another host, or a RESUME reached a moved session's stub
+          // (our cache or the directory lagged): take the same HELLO or RESUME there; the client
+          // only sees the WELCOME or RESUMED.
+          void this.redirectOpening(f.message);
           return;
         }
         if (!this.established && f.code === 'MIGRATION_ABORTED' && this.back) {
@@ -597,8 +598,8 @@ class ClientSplice {
     this.finishSwitch(sw);
   }
 
-  /** Replays the client's HELLO to the host an INSTANCE_ELSEWHERE named (its client URL). */
-  private async redirectHello(url: string): Promise<void> {
+  /** Replays the client's HELLO or RESUME to the host an INSTANCE_ELSEWHERE named (its client URL). */
+  private async redirectOpening(url: string): Promise<void> {
     const { ctx } = this;
     const opening = this.opening as { first: Frame; nonce: Uint8Array };
     const old = this.up;
@@ -616,9 +617,13 @@ class ClientSplice {
       return;
     }
     if (this.instance) ctx.table.rememberInstance(this.instance, dest.id);
+    if (this.sid && opening.first.type === FrameType.RESUME) ctx.table.rememberSession(this.sid, dest.id);
     if (!(await this.upstreamTo(dest, opening.nonce, opening.first))) return;
     ctx.counters.redirected++;
-    ctx.log.debug({ host: dest.id, instance: this.instance }, 'gateway: HELLO redirected to the instance owner');
+    ctx.log.debug(
+      { host: dest.id, instance: this.instance, session: this.sid },
+      'gateway: opening redirected to the host that has it',
+    );
   }
 
   /** Takes the client's RESUME back to the host a tentative MOVE came from. */

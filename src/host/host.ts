@@ -321,6 +321,11 @@ export class Host extends Emitter<HostEvents> {
       },
       restore: (sid, verify) => this.restore(sid, verify),
       arriving: (sid) => this.migrations?.incoming.has(sid) ?? false,
+      movedTo: (sid) => {
+        // Only while the stub is what the server holds: a session that came back is served here.
+        const stub = this.migrations?.stub(sid);
+        return stub && this.server.getSession(sid) === stub.session ? stub.url : undefined;
+      },
     });
     this.metrics.attach(this, {
       services: () => this.workers.keys(),

@@ -357,7 +357,7 @@ export class Migrations {
   /** Sessions arriving: a RESUME that races the commit waits for it. */
   readonly incoming = new Map<string, Promise<ServerSession | undefined>>();
   /** Moved sessions kept as stubs to redirect late clients: sid → expiry timer. */
-  private readonly stubs = new Map<string, { session: ServerSession; timer: NodeJS.Timeout }>();
+  private readonly stubs = new Map<string, { session: ServerSession; url: string; timer: NodeJS.Timeout }>();
   private readonly links = new Set<WebSocket>();
   private readonly fault: MigrationFault | undefined;
   private readonly stubWaiters: Array<() => void> = [];
@@ -377,6 +377,11 @@ export class Migrations {
     if (this.fault !== point) return;
     this.host.log.warn({ fault: point }, 'fault injection: killing this process');
     process.kill(process.pid, 'SIGKILL');
+  }
+
+  /** The stub kept for moved session `sid` and where it sends its client; undefined if none. */
+  stub(sid: string): { session: ServerSession; url: string } | undefined {
+    return this.stubs.get(sid);
   }
 
   get stubCount(): number {
@@ -758,7 +763,7 @@ export class Migrations {
     const sid = s.id;
     const timer = setTimeout(() => this.dropStub(sid), this.movedTtlMs);
     timer.unref();
-    this.stubs.set(sid, { session: s, timer });
+    this.stubs.set(sid, { session: s, url, timer });
     s.engine.freeze();
     s.on('event', (ev) => {
       if (ev.type === 'resumed' && this.stubs.has(sid)) void s.move(url);

@@ -71,6 +71,13 @@ export interface SessionServerOptions {
    */
   arriving?: (sessionId: string) => boolean;
   /**
+   * The client URL a moved session's stub points its client at, if `sessionId` is such a stub. A
+   * RESUME that claims more than the stub ever sent (its client already resumed there and went on,
+   * then reached this server again through a stale route) is answered `INSTANCE_ELSEWHERE` with
+   * that URL, which clients and gateways follow, instead of being refused as `RESUME_SEQ_INVALID`.
+   */
+  movedTo?: (sessionId: string) => string | undefined;
+  /**
    * When set, a detached session is handed to `onGrace` after `detachedGraceMs` (to be suspended
    * to a Store) instead of being lost at `sessionTtlMs`.
    */
@@ -311,7 +318,13 @@ export class SessionServer {
     if (session.state === 'lost' || session.state === 'closed') {
       throw new RoamError('UNKNOWN_SESSION', 'session ended during the handshake');
     }
-    session.engine.checkResumeClaim(opening.resume.lastSeq);
+    try {
+      session.engine.checkResumeClaim(opening.resume.lastSeq);
+    } catch (err) {
+      const moved = (err as RoamError).code === 'RESUME_SEQ_INVALID' ? this.opts.movedTo?.(id) : undefined;
+      if (moved !== undefined) throw new RoamError('INSTANCE_ELSEWHERE', moved);
+      throw err;
+    }
     const ourLast = session.engine.lastReceivedSeq;
     await serverResumed(conn, session.keyForResume, opening.resume, ourLast);
     this.counters.resumes++;

@@ -49,7 +49,10 @@ export const CODES = {
   NO_DESTINATION: { n: 425, text: 'no host satisfies the placement constraints' },
   PAYLOAD_TOO_LARGE: { n: 426, text: 'request body over the limit' },
   UNAVAILABLE: { n: 427, text: 'a cluster member could not be reached' },
-  INSTANCE_ELSEWHERE: { n: 428, text: 'another host runs the keyed instance (message: its client URL)' },
+  INSTANCE_ELSEWHERE: {
+    n: 428,
+    text: 'another host has the keyed instance or the moved session (message: its client URL)',
+  },
   INTERNAL: { n: 500, text: 'internal error' },
   OVERLOADED: { n: 503, text: 'server is over a configured limit' },
 } as const;
