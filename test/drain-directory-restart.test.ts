@@ -15,7 +15,7 @@ describe('drain across a directory restart', { timeout: 240_000 }, () => {
     const cluster = await startCluster({ hosts: [{ services }, { services }, { services }] });
     t.after(() => cluster.close());
     const [a] = cluster.hosts as [(typeof cluster.hosts)[0]];
-    const clients = await openMany(a.clientUrl, 300);
+    const clients = await openMany(a.clientUrl, 300, { diagnose: cluster.diagnose });
     t.after(() => closeAll(clients.map((x) => x.session)));
     await echoAll(clients);
     const ac = new AbortController();

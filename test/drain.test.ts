@@ -33,7 +33,7 @@ describe('drain', { timeout: 240_000 }, () => {
     // The hosts advertised the emulators before they knew their own ports; point the emulators at them now.
     emus[0]?.retarget({ host: '127.0.0.1', port: Number(new URL(b.peerUrl).port) });
     emus[1]?.retarget({ host: '127.0.0.1', port: Number(new URL(c.peerUrl).port) });
-    const clients = await openMany(a.clientUrl, 1000);
+    const clients = await openMany(a.clientUrl, 1000, { diagnose: cluster.diagnose });
     t.after(() => closeAll(clients.map((x) => x.session)));
     await echoAll(clients);
     const ac = new AbortController();

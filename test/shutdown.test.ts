@@ -13,7 +13,7 @@ describe('graceful shutdown', { timeout: 240_000 }, () => {
     const cluster = await startCluster({ hosts: [{ services }, { services }, { services }] });
     t.after(() => cluster.close());
     const [a] = cluster.hosts as [(typeof cluster.hosts)[0]];
-    const clients = await openMany(a.clientUrl, 500);
+    const clients = await openMany(a.clientUrl, 500, { diagnose: cluster.diagnose });
     t.after(() => closeAll(clients.map((x) => x.session)));
     for (const x of clients) x.session.send('start 50');
     await Promise.all(clients.map((x) => x.until(3)));

@@ -14,7 +14,7 @@ import {
   newClusterSecret,
   parseClusterSecret,
 } from '../../src/transport/cluster.js';
-import { reapOnExit } from './children.js';
+import { kernelState, reapOnExit } from './children.js';
 import { NODE_ARGS, PROFILING, ROAM } from './cli.js';
 import { SERVICES } from './host.js';
 import { tempDir } from './server.js';
@@ -58,6 +58,8 @@ export interface Cluster {
   addHost(spec?: HostSpec): Promise<ClusterHost>;
   /** Starts `roam gateway` against the directory; resolves with its client URLs. */
   startGateway(listen?: string[]): Promise<RoamProcess & { urls: string[] }>;
+  /** Each process's threads as the kernel sees them (for the message of a setup that hung). */
+  diagnose(): string;
   /** Kills the directory and starts a new one on the same Store and port. */
   restartDirectory(): Promise<void>;
   close(): Promise<void>;
@@ -179,6 +181,13 @@ export async function startCluster(opts: { hosts?: number | HostSpec[]; heartbea
       cluster.directory.kill('SIGKILL');
       await cluster.directory.exited;
       cluster.directory = await startDirectory(`127.0.0.1:${port}`);
+    },
+    diagnose() {
+      const named = [
+        ['directory', cluster.directory] as const,
+        ...cluster.hosts.map((h, i) => [`host ${i} ${h.id}`, h] as const),
+      ];
+      return named.map(([name, p]) => `${name} (pid ${p.child.pid}):\n${kernelState(p.child.pid ?? 0)}`).join('\n');
     },
     async close() {
       if (PROFILING) {

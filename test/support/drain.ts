@@ -4,8 +4,16 @@ import type { DrainStatus } from '../../src/transport/cluster.js';
 import type { Cluster } from './cluster.js';
 import { type StreamClient, streamClient } from './stream-client.js';
 
-/** Opens `n` stream sessions on `url`, `concurrency` handshakes at a time. */
-export async function openMany(url: string, n: number, concurrency = 50): Promise<StreamClient[]> {
+/**
+ * Opens `n` stream sessions on `url`, `concurrency` handshakes at a time. If a batch fails, the
+ * error carries `diagnose()` (what the cluster's processes were doing then).
+ */
+export async function openMany(
+  url: string,
+  n: number,
+  opts: { concurrency?: number; diagnose?: () => string } = {},
+): Promise<StreamClient[]> {
+  const concurrency = opts.concurrency ?? 50;
   const out: StreamClient[] = [];
   for (let i = 0; i < n; i += concurrency) {
     const batch = Array.from({ length: Math.min(concurrency, n - i) }, () =>
@@ -17,8 +25,10 @@ export async function openMany(url: string, n: number, concurrency = 50): Promis
     } catch (err) {
       // The caller never gets these to close: sessions left reconnecting would keep the test
       // process alive after the failure, and the runner would report a timeout instead of it.
+      const state = opts.diagnose?.();
       for (const c of out) c.session.close();
-      throw err;
+      if (state === undefined) throw err;
+      throw new Error(`${(err as Error).message}\nprocess states at the failure:\n${state}`, { cause: err });
     }
   }
   return out;
