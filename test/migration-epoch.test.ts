@@ -81,7 +81,7 @@ describe('migration epochs', { timeout: 120_000 }, () => {
         secret,
         identity: loadOrCreateIdentity(),
         directory: dir.url,
-        migration: { fault: 'destination-refuses-final' },
+        migration: { fault: 'destination-install-fails' },
       },
     });
     t.after(async () => {

@@ -160,11 +160,23 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
         pack({
           t: 'offer',
           mid: 'x',
+          fromUrl: 'ws://127.0.0.1:1',
           service: { name: 'nope', version: '1', compat: [] },
           requires: {},
           instances: [{ inst: 'sx', key: null }],
         }),
         'UNKNOWN_SERVICE',
+      ],
+      // No source client URL, so nowhere to send clients back if the install failed.
+      [
+        pack({
+          t: 'offer',
+          mid: 'x',
+          service: { name: 'stream', version: '1.0.0', compat: ['stream/1'] },
+          requires: {},
+          instances: [{ inst: 'sx', key: null }],
+        }),
+        'INVALID_ARGUMENT',
       ],
     ];
     for (const [msg, refusal] of hostile) {
@@ -203,6 +215,7 @@ describe('peer endpoint: hostile input', { timeout: 120_000 }, () => {
           t: 'offer',
           mid: 'y',
           from: 'z',
+          fromUrl: 'ws://127.0.0.1:1',
           service: { name: 'stream', version: '1.0.0', compat: ['stream/1'] },
           requires: {},
           instances: [{ inst: 'sdeadbeef', key: null }],

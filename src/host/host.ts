@@ -236,6 +236,7 @@ export class Host extends Emitter<HostEvents> {
       this.migrations = new Migrations(
         {
           id: this.id,
+          clientUrl: () => this.member?.clientUrl,
           store: this.store,
           log: this.log,
           secret: cluster.secret,

@@ -69,10 +69,11 @@ export type MigrationFault =
   | 'destination-on-final'
   | 'source-after-commit'
   /**
-   * Not a crash: the destination fails the final copy after its commit's compare-and-set, as if
-   * its install failed; the source must claim the instance back over the destination's epoch.
+   * Not a crash: the destination hands its worker a corrupt final copy, so the install fails for
+   * real after the commit's compare-and-set and after the clients resumed there; the destination
+   * must send them back, and the source claim the instance back over the destination's epoch.
    */
-  | 'destination-refuses-final';
+  | 'destination-install-fails';
 
 /** How long a destination answers MIGRATION_ABORTED for the sessions of an aborted migration. */
 const ABORTED_MEMORY_MS = 30_000;
@@ -83,6 +84,8 @@ const THROTTLE_STEPS = [0, 1, 2, 4, 8, 16, 32];
 /** What the migration code needs from its host. */
 export interface MigrationHost {
   readonly id: string;
+  /** Where this host's clients connect (a destination sends them back here if it fails). */
+  clientUrl(): string | undefined;
   readonly store: Store;
   readonly log: Logger;
   readonly secret: Uint8Array;
@@ -164,6 +167,8 @@ type ToDestination =
       t: 'offer';
       mid: string;
       from: string;
+      /** The source's client URL: where a destination that fails after its commit sends the clients. */
+      fromUrl: string;
       service: { name: string; version: string; compat: string[] };
       requires: Requirements;
       instances: Array<{ inst: string; key: string | null }>;
@@ -332,6 +337,9 @@ function offerProblem(o: Extract<ToDestination, { t: 'offer' }>): string | undef
     return 'service must be { name, version, compat[] }';
   }
   if (typeof o.requires !== 'object' || o.requires === null) return 'requires must be an object';
+  if (typeof o.fromUrl !== 'string' || o.fromUrl.length === 0 || o.fromUrl.length > 2048) {
+    return 'fromUrl must be the source client URL';
+  }
   if (!Array.isArray(o.instances) || o.instances.length === 0 || o.instances.length > 10_000) {
     return 'instances must be a non-empty array of at most 10,000';
   }
@@ -464,6 +472,7 @@ export class Migrations {
         t: 'offer',
         mid: rec.id,
         from: h.id,
+        fromUrl: h.clientUrl() ?? '',
         service: { name: meta.name, version: meta.version, compat: meta.compat },
         requires: meta.requires,
         instances: insts.map((inst) => ({ inst, key: h.instance(inst)?.key ?? null })),
@@ -650,7 +659,16 @@ export class Migrations {
       }
       if (frozenAt !== undefined) {
         await worker.request({ op: 'thaw', insts }).catch(() => {});
-        for (const inst of insts) for (const sid of this.membersOf(inst)) h.session(sid)?.engine.thaw();
+        for (const inst of insts) {
+          for (const sid of this.membersOf(inst)) {
+            const s = h.session(sid);
+            if (!s) continue;
+            // A destination that failed after its commit sent the clients that had resumed there
+            // back here with the next MOVE id: this host's next MOVE must come after that one.
+            if (destFailed) s.moveId += 1;
+            s.engine.thaw();
+          }
+        }
       } else if (throttle > 0) {
         for (const inst of insts) worker.notify({ op: 'throttle', inst, ms: 0 });
       }
@@ -983,11 +1001,17 @@ export class Migrations {
     // sessions: the install runs no user code and fails only on a corrupt frame or a dead worker, so
     // it need not finish before the commit. If it fails after the commit, the source claims the
     // instance back over this host's epoch (it knows from `failed` that nothing runs here).
-    const frozen = ownedBytes(m.frozen);
+    // The fault: a frame the worker cannot decode (0xc1 is never used by msgpack).
+    const frozen = this.fault === 'destination-install-fails' ? Uint8Array.of(0xc1) : ownedBytes(m.frozen);
     const installed = worker.request({ op: 'install', frozen }, [frozen.buffer as ArrayBuffer]);
-    installed.catch(() => {});
+    let installFailed = false;
+    installed.catch(() => {
+      installFailed = true;
+    });
     const sessions = new Map<string, ServerSession[]>();
     const bySid = new Map<string, ServerSession>();
+    let serving = false;
+    let watch: ReturnType<typeof this.watchResumes> | undefined;
     try {
       const epochs = new Map(m.claims.map((c) => [c.inst, c.epoch + 1]));
       await h.store.compareAndSetMany(
@@ -1007,6 +1031,9 @@ export class Migrations {
         const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
         const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
         s.moveId = t.moveId;
+        // Serving starts before the worker confirms its install: what the client sends is held
+        // (neither delivered nor acknowledged) until it has, so a failed install loses none of it.
+        s.engine.freeze();
         const list = sessions.get(t.inst) ?? [];
         list.push(s);
         sessions.set(t.inst, list);
@@ -1014,22 +1041,25 @@ export class Migrations {
         arrival.add(t.sid);
       }
       h.log.debug({ migration: mid, step: 'sessions-built', at: wall() }, 'migration step');
-      if (this.fault === 'destination-refuses-final') {
-        throw new RoamError('INTERNAL', 'fault injection: the destination fails its install after the commit');
-      }
-      await installed;
-      const tInstalled = performance.now();
-      h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
       for (const i of insts) {
         h.attachMigrated(i.inst, service, i.key ?? undefined, sessions.get(i.inst) ?? [], epochs.get(i.inst) ?? 0);
       }
-      // Not awaited: the worker handles messages in order, so activation precedes anything a
-      // resumed client sends, and the verdict reaches the source one worker round trip sooner.
-      worker
-        .request({ op: 'activate', insts: insts.map((i) => i.inst) })
-        .catch((err: unknown) => h.log.error({ migration: mid, err: (err as Error).message }, 'activation failed'));
+      // Neither awaited: the worker handles messages in order, so the install precedes activation
+      // and activation precedes anything a resumed client sends. The clients resume now (their
+      // RESUMEs were held for this): the worker's answer costs a thread hop on a busy core, which
+      // their gap need not include. The instance's own output can only follow the install.
+      worker.request({ op: 'activate', insts: insts.map((i) => i.inst) }).catch((err: unknown) => {
+        // After a failed install it fails too, and the install's failure is what is reported.
+        if (!installFailed) h.log.error({ migration: mid, err: (err as Error).message }, 'activation failed');
+      });
+      serving = true;
+      watch = this.watchResumes(m, sessions);
       arrival.settle(bySid);
       const tServing = performance.now();
+      await installed;
+      const tInstalled = performance.now();
+      h.log.debug({ migration: mid, step: 'installed', at: wall() }, 'migration step');
+      for (const s of bySid.values()) s.engine.thaw();
       link.send({
         t: 'committed',
         epochs: [...epochs.values()],
@@ -1044,41 +1074,59 @@ export class Migrations {
     } catch (err) {
       // serveIncoming settles the arrival and unstages; the install must be over before that.
       await installed.catch(() => {});
+      watch?.cancel();
+      if (serving) {
+        serving = false;
+        // The clients may have resumed here already: send each back to the source, which takes
+        // the instance back once it hears `failed`. Nothing ran here; what they sent was held.
+        for (const i of insts) h.detachMigrated(i.inst);
+        for (const s of bySid.values()) this.keepStub(s, offer.fromUrl);
+        await worker.request({ op: 'release', insts: insts.map((i) => i.inst) }).catch(() => {});
+      }
       const e = err as RoamError;
       if (link.open) link.send({ t: 'failed', code: e.code ?? 'INTERNAL', message: e.message });
       throw err;
     }
-    this.watchResumes(link, m, sessions);
+    watch.start(link);
   }
 
-  /** Tells the source which clients arrived (so it drops their stubs) and the longest gap. */
+  /**
+   * Tells the source which clients arrived (so it drops their stubs) and the longest gap. Watches
+   * from before the sessions serve (a client may resume before the verdict is sent), and writes
+   * to the link only from `start`, after the verdict: the source reads the verdict first.
+   */
   private watchResumes(
-    link: Link<ToDestination, ToSource>,
     m: Extract<ToDestination, { t: 'final' }>,
     sessions: Map<string, ServerSession[]>,
-  ): void {
+  ): { start(link: Link<ToDestination, ToSource>): void; cancel(): void } {
     const waiting = new Set(m.sessions.filter((t) => t.attached).map((t) => t.sid));
+    let link: Link<ToDestination, ToSource> | undefined;
     let gap: number | undefined;
     let batch: string[] = [];
     let flushTimer: NodeJS.Timeout | undefined;
+    let over = false;
+    const listeners: Array<[ServerSession, (ev: { type: string }) => void]> = [];
     const flush = () => {
       flushTimer = undefined;
+      if (!link) return;
       if (batch.length > 0 && link.open) link.send({ t: 'resumed', sids: batch, gapMs: gap ?? 0 });
       batch = [];
     };
+    const report = () => {
+      flush();
+      if (link?.open) link.send({ t: 'gap', ms: gap });
+    };
     const finish = () => {
+      over = true;
       clearTimeout(deadline);
       if (flushTimer) clearTimeout(flushTimer);
-      flush();
-      if (link.open) link.send({ t: 'gap', ms: gap });
+      flushTimer = undefined;
+      if (link) report();
     };
     const deadline = setTimeout(finish, 10_000);
     deadline.unref();
-    if (waiting.size === 0) {
-      finish();
-      return;
-    }
-    for (const list of sessions.values()) {
+    if (waiting.size === 0) finish();
+    for (const list of over ? [] : sessions.values()) {
       for (const s of list) {
         if (!waiting.has(s.id)) continue;
         const onEvent = (ev: { type: string }) => {
@@ -1089,11 +1137,26 @@ export class Migrations {
           gap = Math.max(gap ?? 0, g);
           batch.push(s.id);
           if (waiting.size === 0) finish();
-          else flushTimer ??= setTimeout(flush, 20);
+          else if (link) flushTimer ??= setTimeout(flush, 20);
         };
         s.on('event', onEvent);
+        listeners.push([s, onEvent]);
       }
     }
+    return {
+      start: (l) => {
+        link = l;
+        if (over) report();
+        else if (batch.length > 0) flushTimer ??= setTimeout(flush, 20);
+      },
+      cancel: () => {
+        over = true;
+        link = undefined;
+        clearTimeout(deadline);
+        if (flushTimer) clearTimeout(flushTimer);
+        for (const [s, fn] of listeners) s.off('event', fn);
+      },
+    };
   }
 
   close(): void {

@@ -141,9 +141,12 @@ export interface FreezeSteps {
   installMs?: number;
   /** Destination: the final copy received → the location compare-and-set done (it overlaps the install). */
   casMs?: number;
-  /** Destination: the final copy received → the instance and its sessions serving there. */
+  /**
+   * Destination: the final copy received → its sessions serving there (resumes accepted; the
+   * worker's install may still be on its way, and what clients send is held until it is done).
+   */
   servingMs?: number;
-  /** Destination: the final copy received → the verdict ready to send (just after `servingMs`). */
+  /** Destination: the final copy received → the verdict ready to send (just after `installMs`). */
   destinationMs?: number;
   /**
    * The instance ran nowhere for this long (the downtime): the source's freeze → serving at the
