@@ -83,6 +83,8 @@ export class HostTable {
   /** Loads begun and finished; one runs at a time, so load n is done once `loadsDone >= n`. */
   private loadsStarted = 0;
   private loadsDone = 0;
+  /** Lookups waiting for the next on-demand load: their timers, to end at close. */
+  private readonly waits = new Map<TimerHandle, () => void>();
   private timer: TimerHandle | undefined;
   private closed = false;
   private readonly refreshMs: number;
@@ -112,6 +114,12 @@ export class HostTable {
     this.closed = true;
     if (this.timer !== undefined) this.opts.clock.clearTimeout(this.timer);
     this.timer = undefined;
+    // Lookups waiting out the refresh gap end now (and find nothing new) instead of holding timers.
+    for (const [timer, resolve] of this.waits) {
+      this.opts.clock.clearTimeout(timer);
+      resolve();
+    }
+    this.waits.clear();
   }
 
   get size(): number {
@@ -246,7 +254,13 @@ export class HostTable {
       }
       const wait = this.lastRefreshAt + this.minRefreshGapMs - this.opts.clock.now();
       if (wait > 0) {
-        await new Promise<void>((resolve) => this.opts.clock.setTimeout(resolve, wait));
+        await new Promise<void>((resolve) => {
+          const timer = this.opts.clock.setTimeout(() => {
+            this.waits.delete(timer);
+            resolve();
+          }, wait);
+          this.waits.set(timer, resolve);
+        });
         continue;
       }
       await this.refresh();
