@@ -326,6 +326,65 @@ describe('SqliteStore', { timeout: 30_000 }, () => {
     }
   });
 
+  it("a write that finds another process's write lock waits without blocking the event loop and commits in order", async () => {
+    const f = await sqliteFixture();
+    // Another connection (another process, as far as SQLite can tell) holds the write lock.
+    const other = new Database(f.path, { timeout: 0 });
+    try {
+      await f.store.put('m.a', enc('0'));
+      other.exec('BEGIN IMMEDIATE');
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 5);
+      const p1 = f.store.put('m.a', enc('1'));
+      const p2 = f.store.put('m.a', enc('2'));
+      const p3 = f.store.compareAndSet('m.b', 0, enc('b'));
+      let settled = false;
+      void Promise.allSettled([p1, p2, p3]).then(() => {
+        settled = true;
+      });
+      // The lock stays taken for ~200 ms of this thread's timers: they only fire if the writes
+      // above do not block it. Then the other connection lets go.
+      await new Promise<void>((resolveHeld) => {
+        const check = setInterval(() => {
+          if (ticks < 40) return;
+          clearInterval(check);
+          resolveHeld();
+        }, 5);
+      });
+      assert.equal(settled, false, 'the writes wait for the lock');
+      other.exec('COMMIT');
+      const [r1, r2, r3] = await Promise.all([p1, p2, p3]);
+      clearInterval(ticker);
+      assert.ok(r1 < r2 && r2 < r3, `revisions in the order the writes were made: ${r1}, ${r2}, ${r3}`);
+      assert.equal(dec((await f.store.get('m.a'))?.value ?? new Uint8Array()), '2');
+      assert.equal(dec((await f.store.get('m.b'))?.value ?? new Uint8Array()), 'b');
+    } finally {
+      if (other.inTransaction) other.exec('ROLLBACK');
+      other.close();
+      await f.cleanup();
+    }
+  });
+
+  it('a write still locked out after busyTimeoutMs fails with UNAVAILABLE and changes nothing', async () => {
+    const f = await sqliteFixture({ busyTimeoutMs: 150 });
+    const other = new Database(f.path, { timeout: 0 });
+    try {
+      await f.store.put('m.a', enc('0'));
+      other.exec('BEGIN IMMEDIATE');
+      await rejectsWith(() => f.store.put('m.a', enc('1')), 'UNAVAILABLE');
+      await rejectsWith(() => f.store.delete('m.a'), 'UNAVAILABLE');
+      other.exec('ROLLBACK');
+      assert.equal(dec((await f.store.get('m.a'))?.value ?? new Uint8Array()), '0');
+      // The lock is free again: the next write goes through at once.
+      await f.store.put('m.a', enc('2'));
+      assert.equal(dec((await f.store.get('m.a'))?.value ?? new Uint8Array()), '2');
+    } finally {
+      if (other.inTransaction) other.exec('ROLLBACK');
+      other.close();
+      await f.cleanup();
+    }
+  });
+
   it('keeps the store in WAL mode', async () => {
     const f = await sqliteFixture();
     try {

@@ -16,9 +16,11 @@
  * wakes up at once after its own writes. That timer keeps the process alive while any watch is
  * open, as a socket would: end watches (abort, break) or close the store.
  *
- * Calls run synchronously on the calling thread (better-sqlite3); a write waits up to
- * `busyTimeoutMs` for another process's write lock, blocking the event loop meanwhile. Fine for
- * control-plane traffic; keep bulk work (big blobs) off latency-sensitive processes.
+ * Calls run synchronously on the calling thread (better-sqlite3). A write that finds another
+ * process holding the write lock waits for it briefly in place (up to 20 ms), then retries on
+ * timers until `busyTimeoutMs`, so the event loop (heartbeats, client handshakes) keeps running
+ * meanwhile; this instance's writes still commit in the order they were made. Keep bulk work (big
+ * blobs) off latency-sensitive processes: a commit itself blocks the thread.
  *
  * Needs Node.js >= 20.15 (`zlib.crc32`).
  *
@@ -57,7 +59,10 @@ export interface SqliteStoreOptions {
   pollIntervalMs?: number;
   /** Gets warnings (corruption found, a watcher that fell behind) and debug lines. */
   logger?: StoreLogger;
-  /** How long a write waits for another process's write lock before failing, in ms; default 5000. */
+  /**
+   * How long a write waits for another process's write lock before failing with `UNAVAILABLE`, in
+   * ms; default 5000. Past the first 20 ms the wait does not block the event loop.
+   */
   busyTimeoutMs?: number;
   /**
    * `full` (default) fsyncs every commit. `normal` (WAL) survives any process crash — a commit is
@@ -83,6 +88,10 @@ export const DEFAULT_MAX_BLOB_BYTES = 256 * 1024 * 1024;
 const SCHEMA_VERSION = 1;
 const OP_PUT = 1;
 const OP_DELETE = 2;
+/** Longest wait for another process's write lock that blocks the thread; longer waits retry on timers. */
+const SYNC_BUSY_MS = 20;
+/** Longest pause between two tries at the write lock. */
+const MAX_BUSY_BACKOFF_MS = 50;
 /** Prune the change log every this many writes made through one instance. */
 const PRUNE_EVERY = 64;
 /** Change-log rows read per query, and per poll before yielding to the event loop. */
@@ -120,6 +129,12 @@ CREATE TABLE IF NOT EXISTS blobs (
 /** CRC-32 of a name followed by its bytes: catches flipped bytes and rows moved to another name. */
 function checksum(name: string, bytes: Uint8Array): number {
   return crc32(bytes, crc32(name));
+}
+
+/** SQLITE_BUSY (and its extended codes): another connection holds the lock we need. */
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('SQLITE_BUSY');
 }
 
 function closedError(): RoamError {
@@ -238,6 +253,10 @@ export class SqliteStore implements Store {
   private readonly changeLogMs: number;
   private closed = false;
   private writesSincePrune = 0;
+  private readonly busyTimeoutMs: number;
+  /** Writes waiting for the lock (in order), and the last of them: later writes queue behind it. */
+  private waitingWrites = 0;
+  private writeTail: Promise<unknown> = Promise.resolve();
 
   private readonly watchers = new Set<WatchStream>();
   /** Per watcher: the last change-log seq it has seen. */
@@ -260,6 +279,7 @@ export class SqliteStore implements Store {
     this.maxValueBytes = opts.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES;
     this.maxBlobBytes = opts.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES;
     this.pollIntervalMs = Math.max(1, opts.pollIntervalMs ?? 50);
+    this.busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
     this.logger = opts.logger;
     this.watchQueueLimit = opts.watchQueueLimit ?? 10_000;
     this.changeLogRows = Math.max(1, opts.changeLogRows ?? 10_000);
@@ -349,6 +369,8 @@ export class SqliteStore implements Store {
       }).immediate();
       const store = new SqliteStore(db, opts);
       store.prune();
+      // From here on a long wait for the lock is taken on timers, not on this thread (`write`).
+      db.pragma(`busy_timeout = ${Math.min(SYNC_BUSY_MS, opts.busyTimeoutMs ?? 5000)}`);
       return store;
     } catch (err) {
       db.close();
@@ -367,7 +389,8 @@ export class SqliteStore implements Store {
     this.checkOpen();
     checkKey(key);
     const buf = checkBytes(value, this.maxValueBytes, 'value');
-    return this.wrote(this.putTx(key, buf, checksum(key, buf)));
+    const crc = checksum(key, buf);
+    return this.write(() => this.wrote(this.putTx(key, buf, crc)));
   }
 
   async compareAndSet(key: string, expectedRevision: number, value: Uint8Array): Promise<number> {
@@ -375,7 +398,8 @@ export class SqliteStore implements Store {
     checkKey(key);
     checkRevision(expectedRevision, 'expectedRevision');
     const buf = checkBytes(value, this.maxValueBytes, 'value');
-    return this.wrote(this.casTx(key, expectedRevision, buf, checksum(key, buf)));
+    const crc = checksum(key, buf);
+    return this.write(() => this.wrote(this.casTx(key, expectedRevision, buf, crc)));
   }
 
   async compareAndSetMany(ops: ReadonlyArray<CasOp>): Promise<number[]> {
@@ -391,19 +415,23 @@ export class SqliteStore implements Store {
       return { key: o.key, expected: o.expectedRevision, value, crc: checksum(o.key, value) };
     });
     if (prepared.length === 0) return [];
-    const revs = this.casManyTx(prepared);
-    this.wrote(revs[revs.length - 1] as number);
-    return revs;
+    return this.write(() => {
+      const revs = this.casManyTx(prepared);
+      this.wrote(revs[revs.length - 1] as number);
+      return revs;
+    });
   }
 
   async delete(key: string, expectedRevision?: number): Promise<boolean> {
     this.checkOpen();
     checkKey(key);
     if (expectedRevision !== undefined) checkRevision(expectedRevision, 'expectedRevision');
-    const rev = this.deleteTx(key, expectedRevision);
-    if (rev === 0) return false;
-    this.wrote(rev);
-    return true;
+    return this.write(() => {
+      const rev = this.deleteTx(key, expectedRevision);
+      if (rev === 0) return false;
+      this.wrote(rev);
+      return true;
+    });
   }
 
   async list(prefix: string): Promise<StoreEntry[]> {
@@ -435,7 +463,8 @@ export class SqliteStore implements Store {
     this.checkOpen();
     checkKey(name, 'blob name');
     const buf = checkBytes(bytes, this.maxBlobBytes, 'blob');
-    this.stmt.putBlob.run(name, buf.byteLength, checksum(name, buf), buf);
+    const crc = checksum(name, buf);
+    await this.write(() => this.stmt.putBlob.run(name, buf.byteLength, crc, buf));
   }
 
   async getBlob(name: string): Promise<Uint8Array | undefined> {
@@ -458,7 +487,7 @@ export class SqliteStore implements Store {
   async deleteBlob(name: string): Promise<boolean> {
     this.checkOpen();
     checkKey(name, 'blob name');
-    return this.stmt.deleteBlob.run(name).changes > 0;
+    return this.write(() => this.stmt.deleteBlob.run(name).changes > 0);
   }
 
   async close(): Promise<void> {
@@ -473,6 +502,59 @@ export class SqliteStore implements Store {
 
   private checkOpen(): void {
     if (this.closed) throw closedError();
+  }
+
+  /**
+   * Runs write `fn` now if no earlier write of ours is waiting for the lock; else after those, so
+   * this instance's writes commit in the order they were made. While another process holds the
+   * lock, tries again on timers (1, 2, 4 … 50 ms apart) until `busyTimeoutMs`, then fails with
+   * `UNAVAILABLE`; the thread is never blocked for more than one short SQLite busy wait.
+   */
+  private write<T>(fn: () => T): Promise<T> {
+    if (this.waitingWrites === 0) {
+      try {
+        return Promise.resolve(fn());
+      } catch (err) {
+        if (!isBusy(err)) return Promise.reject(err);
+      }
+      return this.queueWrite(fn, performance.now());
+    }
+    return this.queueWrite(fn, undefined);
+  }
+
+  private queueWrite<T>(fn: () => T, firstTriedAt: number | undefined): Promise<T> {
+    this.waitingWrites++;
+    const attempt = async (): Promise<T> => {
+      const started = firstTriedAt ?? performance.now();
+      let pause = 1;
+      // A first try already failed busy: wait before the next.
+      let tried = firstTriedAt !== undefined;
+      for (;;) {
+        if (tried) {
+          if (performance.now() - started >= this.busyTimeoutMs) {
+            throw new RoamError(
+              'UNAVAILABLE',
+              `${this.path} stayed locked by another process's write for ${this.busyTimeoutMs} ms; retry`,
+            );
+          }
+          await new Promise((r) => setTimeout(r, pause));
+          pause = Math.min(pause * 2, MAX_BUSY_BACKOFF_MS);
+        }
+        this.checkOpen();
+        try {
+          return fn();
+        } catch (err) {
+          if (!isBusy(err)) throw err;
+          tried = true;
+        }
+      }
+    };
+    const run = this.writeTail.then(attempt, attempt);
+    const done = run.finally(() => {
+      this.waitingWrites--;
+    });
+    this.writeTail = done.catch(() => {});
+    return done;
   }
 
   private entry(key: string, row: KvRow): StoreEntry {
@@ -524,8 +606,9 @@ export class SqliteStore implements Store {
       const { changes } = this.stmt.prune.run(head - this.changeLogRows, Date.now() - this.changeLogMs);
       if (changes > 0) this.logger?.debug({ path: this.path, pruned: changes }, 'store: pruned change log');
     } catch (err) {
-      // Busy after busy_timeout: another process is writing; pruning can wait for the next turn.
-      this.logger?.warn({ path: this.path, err }, 'store: change-log prune failed');
+      // Another process is writing: pruning can wait for the next turn.
+      if (isBusy(err)) this.logger?.debug({ path: this.path }, 'store: change-log prune skipped (locked)');
+      else this.logger?.warn({ path: this.path, err }, 'store: change-log prune failed');
     }
   }
 
