@@ -338,6 +338,8 @@ describe('SqliteStore', { timeout: 30_000 }, () => {
       const p1 = f.store.put('m.a', enc('1'));
       const p2 = f.store.put('m.a', enc('2'));
       const p3 = f.store.compareAndSet('m.b', 0, enc('b'));
+      // A read made after them sees them (reads wait behind this instance's waiting writes).
+      const read = f.store.get('m.a');
       let settled = false;
       void Promise.allSettled([p1, p2, p3]).then(() => {
         settled = true;
@@ -355,6 +357,7 @@ describe('SqliteStore', { timeout: 30_000 }, () => {
       other.exec('COMMIT');
       const [r1, r2, r3] = await Promise.all([p1, p2, p3]);
       clearInterval(ticker);
+      assert.equal(dec((await read)?.value ?? new Uint8Array()), '2');
       assert.ok(r1 < r2 && r2 < r3, `revisions in the order the writes were made: ${r1}, ${r2}, ${r3}`);
       assert.equal(dec((await f.store.get('m.a'))?.value ?? new Uint8Array()), '2');
       assert.equal(dec((await f.store.get('m.b'))?.value ?? new Uint8Array()), 'b');

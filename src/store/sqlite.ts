@@ -381,8 +381,10 @@ export class SqliteStore implements Store {
   async get(key: string): Promise<StoreEntry | undefined> {
     this.checkOpen();
     checkKey(key);
-    const row = this.stmt.get.get(key) as KvRow | undefined;
-    return row === undefined ? undefined : this.entry(key, row);
+    return this.inOrder(() => {
+      const row = this.stmt.get.get(key) as KvRow | undefined;
+      return row === undefined ? undefined : this.entry(key, row);
+    });
   }
 
   async put(key: string, value: Uint8Array): Promise<number> {
@@ -390,7 +392,7 @@ export class SqliteStore implements Store {
     checkKey(key);
     const buf = checkBytes(value, this.maxValueBytes, 'value');
     const crc = checksum(key, buf);
-    return this.write(() => this.wrote(this.putTx(key, buf, crc)));
+    return this.inOrder(() => this.wrote(this.putTx(key, buf, crc)));
   }
 
   async compareAndSet(key: string, expectedRevision: number, value: Uint8Array): Promise<number> {
@@ -399,7 +401,7 @@ export class SqliteStore implements Store {
     checkRevision(expectedRevision, 'expectedRevision');
     const buf = checkBytes(value, this.maxValueBytes, 'value');
     const crc = checksum(key, buf);
-    return this.write(() => this.wrote(this.casTx(key, expectedRevision, buf, crc)));
+    return this.inOrder(() => this.wrote(this.casTx(key, expectedRevision, buf, crc)));
   }
 
   async compareAndSetMany(ops: ReadonlyArray<CasOp>): Promise<number[]> {
@@ -415,7 +417,7 @@ export class SqliteStore implements Store {
       return { key: o.key, expected: o.expectedRevision, value, crc: checksum(o.key, value) };
     });
     if (prepared.length === 0) return [];
-    return this.write(() => {
+    return this.inOrder(() => {
       const revs = this.casManyTx(prepared);
       this.wrote(revs[revs.length - 1] as number);
       return revs;
@@ -426,7 +428,7 @@ export class SqliteStore implements Store {
     this.checkOpen();
     checkKey(key);
     if (expectedRevision !== undefined) checkRevision(expectedRevision, 'expectedRevision');
-    return this.write(() => {
+    return this.inOrder(() => {
       const rev = this.deleteTx(key, expectedRevision);
       if (rev === 0) return false;
       this.wrote(rev);
@@ -437,8 +439,10 @@ export class SqliteStore implements Store {
   async list(prefix: string): Promise<StoreEntry[]> {
     this.checkOpen();
     checkPrefix(prefix);
-    return (this.stmt.listRange.all(prefix, prefix + PREFIX_END) as KvListRow[]).map((row) =>
-      this.entry(row.key as string, row),
+    return this.inOrder(() =>
+      (this.stmt.listRange.all(prefix, prefix + PREFIX_END) as KvListRow[]).map((row) =>
+        this.entry(row.key as string, row),
+      ),
     );
   }
 
@@ -464,13 +468,13 @@ export class SqliteStore implements Store {
     checkKey(name, 'blob name');
     const buf = checkBytes(bytes, this.maxBlobBytes, 'blob');
     const crc = checksum(name, buf);
-    await this.write(() => this.stmt.putBlob.run(name, buf.byteLength, crc, buf));
+    await this.inOrder(() => this.stmt.putBlob.run(name, buf.byteLength, crc, buf));
   }
 
   async getBlob(name: string): Promise<Uint8Array | undefined> {
     this.checkOpen();
     checkKey(name, 'blob name');
-    const row = this.stmt.getBlob.get(name) as BlobRow | undefined;
+    const row = (await this.inOrder(() => this.stmt.getBlob.get(name))) as BlobRow | undefined;
     if (row === undefined) return undefined;
     const { bytes } = row;
     if (
@@ -487,7 +491,7 @@ export class SqliteStore implements Store {
   async deleteBlob(name: string): Promise<boolean> {
     this.checkOpen();
     checkKey(name, 'blob name');
-    return this.write(() => this.stmt.deleteBlob.run(name).changes > 0);
+    return this.inOrder(() => this.stmt.deleteBlob.run(name).changes > 0);
   }
 
   async close(): Promise<void> {
@@ -505,12 +509,13 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Runs write `fn` now if no earlier write of ours is waiting for the lock; else after those, so
-   * this instance's writes commit in the order they were made. While another process holds the
+   * Runs `fn` (a write, or a read) now if no earlier write of ours is waiting for the lock; else
+   * after those, so this instance's writes commit in the order they were made and a read sees
+   * every write made before it. While another process holds the
    * lock, tries again on timers (1, 2, 4 … 50 ms apart) until `busyTimeoutMs`, then fails with
    * `UNAVAILABLE`; the thread is never blocked for more than one short SQLite busy wait.
    */
-  private write<T>(fn: () => T): Promise<T> {
+  private inOrder<T>(fn: () => T): Promise<T> {
     if (this.waitingWrites === 0) {
       try {
         return Promise.resolve(fn());
