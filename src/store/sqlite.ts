@@ -663,6 +663,11 @@ export class SqliteStore implements Store {
         if (cursor < head) this.fellBehind(w, cursor);
       }
     } catch (err) {
+      if (isBusy(err)) {
+        // Locked for a moment (a reader can be, rarely, in WAL mode): the next poll reads it all.
+        this.dirty = true;
+        return;
+      }
       this.logger?.warn({ path: this.path, err }, 'store: watch poll failed');
       for (const w of [...this.watchers]) w.fail(err);
     }
