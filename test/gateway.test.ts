@@ -178,9 +178,16 @@ function holder(hosts: TestHost[], id: string): TestHost {
 /**
  * Moves a live session from `from` to `to` the way a migration does: freeze, snapshot the
  * transport, install a copy on the destination (same id and key; the service's state is shared
- * through `states`), then send the authenticated MOVE and let the source forget it.
+ * through `states`), then send the authenticated MOVE and let the source forget it (or, with
+ * `keepStub`, keep its frozen copy as a migrating host keeps a stub). Returns the source's copy.
  */
-async function moveByHand(from: TestHost, to: TestHost, id: string, clientUrl: string): Promise<void> {
+async function moveByHand(
+  from: TestHost,
+  to: TestHost,
+  id: string,
+  clientUrl: string,
+  opts: { keepStub?: boolean } = {},
+): Promise<ServerSession> {
   const s = from.server.getSession(id);
   assert.ok(s);
   // As a migrating host does during pre-copy; the gateway keeps the hint from the client.
@@ -191,27 +198,7 @@ async function moveByHand(from: TestHost, to: TestHost, id: string, clientUrl: s
   streamService.open(copy);
   to.server.adopt(copy);
   assert.ok(await s.move(clientUrl), 'MOVE went out on an attached transport');
-  from.server.forget(id);
-}
-
-/**
- * Moves session `id` from `from` to `to` as {@link moveByHand} does, but keeps the frozen copy on
- * `from` as a migrating host keeps its stub; returns it.
- */
-async function moveKeepingStub(from: TestHost, to: TestHost, id: string, clientUrl: string): Promise<ServerSession> {
-  const s = from.server.getSession(id);
-  assert.ok(s);
-  s.engine.freeze();
-  const copy = new ServerSession(
-    s.sessionId,
-    s.service,
-    s.key,
-    SessionEngine.restore(s.engine.exportTransport()),
-    s.keyForResume,
-  );
-  streamService.open(copy);
-  to.server.adopt(copy);
-  assert.ok(await s.move(clientUrl), 'MOVE went out on an attached transport');
+  if (!opts.keepStub) from.server.forget(id);
   return s;
 }
 
@@ -795,7 +782,7 @@ describe('gateway', () => {
 
     // gw1 follows the MOVE to b; the client goes on there, past anything the stub on a sent.
     const resumedOnB = nextEvent(s, 'resumed');
-    const stub = await moveKeepingStub(a, b, id, b.ws);
+    const stub = await moveByHand(a, b, id, b.ws, { keepStub: true });
     movedTo = b.ws;
     await Promise.race([resumedOnB, lost]);
     await echo(s, '2');
@@ -834,7 +821,7 @@ describe('gateway', () => {
     const id = s.id as string;
     await echo(s, '1');
     const resumedOnB = nextEvent(s, 'resumed');
-    await moveKeepingStub(a, b, id, b.ws);
+    await moveByHand(a, b, id, b.ws, { keepStub: true });
     movedTo = b.ws;
     await Promise.race([resumedOnB, lost]);
     await echo(s, '2');

@@ -76,7 +76,6 @@ describe('live migration through the gateway', { timeout: 180_000 }, () => {
     s.send('start 1');
     await c.until(20);
     const { instance, host } = await whereIs(cluster, s.id as string);
-    const from = host === a.id ? a : b;
     const to = host === a.id ? b : a;
     // gw2 learned the session's host from its WELCOME; the next transport goes through gw1.
     via = gw1.urls[0] as string;
@@ -90,6 +89,5 @@ describe('live migration through the gateway', { timeout: 180_000 }, () => {
     await c.flowsOn(100);
     assert.deepEqual(c.errors, []);
     assert.equal((await whereIs(cluster, s.id as string)).host, to.id);
-    assert.notEqual(from.id, to.id);
   });
 });

@@ -452,15 +452,10 @@ export class Session extends Emitter<SessionEvents> {
         this.connecting = undefined;
         conn?.abort();
         const e = asRoamError(err);
-        if (e.code === 'INSTANCE_ELSEWHERE') {
-          // The keyed instance runs on another host of the cluster: open the session there.
-          const to = redirectTarget(this._url, e.message);
-          if (to !== undefined && redirects < MAX_REDIRECTS) {
-            redirects++;
-            this._url = to;
-            this.publish({ type: 'moved', url: to });
-            continue;
-          }
+        // The keyed instance runs on another host of the cluster: open the session there.
+        if (e.code === 'INSTANCE_ELSEWHERE' && redirects < MAX_REDIRECTS && this.redirect(e)) {
+          redirects++;
+          continue;
         }
         if (FATAL_ON_HELLO.has(e.code)) {
           this.finish({ type: 'lost', reason: lostReasonFor(e.code), code: e.code, message: e.message });
@@ -523,18 +518,18 @@ export class Session extends Emitter<SessionEvents> {
         this.connecting = undefined;
         conn?.abort();
         const e = asRoamError(err);
-        if (e.code === 'INSTANCE_ELSEWHERE' && this._state === 'suspended') {
-          // A moved session's stub, reached by a stale route after we had gone on elsewhere,
-          // names the host that has the session now: resume there at once.
-          const to = redirectTarget(this._url, e.message);
-          if (to !== undefined && redirects < MAX_REDIRECTS) {
-            redirects++;
-            this.fallbackUrl = undefined;
-            this._url = to;
-            this.publish({ type: 'moved', url: to });
-            this.attempt = -1;
-            continue;
-          }
+        // A moved session's stub, reached by a stale route after we had gone on elsewhere,
+        // names the host that has the session now: resume there at once.
+        if (
+          e.code === 'INSTANCE_ELSEWHERE' &&
+          this._state === 'suspended' &&
+          redirects < MAX_REDIRECTS &&
+          this.redirect(e)
+        ) {
+          redirects++;
+          this.fallbackUrl = undefined;
+          this.attempt = -1;
+          continue;
         }
         if (this.fallbackUrl !== undefined && this._state === 'suspended') {
           this.fallBack(e);
@@ -656,6 +651,15 @@ export class Session extends Emitter<SessionEvents> {
     this._url = back;
     if (definite) this.attempt = -1;
     this.warn(e);
+  }
+
+  /** Takes the URL an INSTANCE_ELSEWHERE answer names as the next endpoint, if it may be followed. */
+  private redirect(e: RoamError): boolean {
+    const to = redirectTarget(this._url, e.message);
+    if (to === undefined) return false;
+    this._url = to;
+    this.publish({ type: 'moved', url: to });
+    return true;
   }
 
   private warn(e: RoamError): void {

@@ -238,7 +238,6 @@ export class HostTable {
     remember(this.instances, instance, hostId, this.maxCache);
   }
 
-  /** Reloads the directory's host table; concurrent calls share one request, on-demand ones are rate-limited. */
   /**
    * Resolves once a load of the directory's table that began after this call has finished: a load
    * already running may predate what the caller is looking for. On-demand loads still start at
@@ -267,6 +266,7 @@ export class HostTable {
     }
   }
 
+  /** Reloads the directory's host table; concurrent calls share one request. */
   private refresh(): Promise<void> {
     if (!this.opts.directory) return Promise.resolve();
     if (this.refreshing) return this.refreshing;

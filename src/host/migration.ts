@@ -1076,7 +1076,6 @@ export class Migrations {
       await installed.catch(() => {});
       watch?.cancel();
       if (serving) {
-        serving = false;
         // The clients may have resumed here already: send each back to the source, which takes
         // the instance back once it hears `failed`. Nothing ran here; what they sent was held.
         for (const i of insts) h.detachMigrated(i.inst);
@@ -1126,7 +1125,7 @@ export class Migrations {
     const deadline = setTimeout(finish, 10_000);
     deadline.unref();
     if (waiting.size === 0) finish();
-    for (const list of over ? [] : sessions.values()) {
+    for (const list of sessions.values()) {
       for (const s of list) {
         if (!waiting.has(s.id)) continue;
         const onEvent = (ev: { type: string }) => {

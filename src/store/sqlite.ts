@@ -254,9 +254,9 @@ export class SqliteStore implements Store {
   private closed = false;
   private writesSincePrune = 0;
   private readonly busyTimeoutMs: number;
-  /** Writes waiting for the lock (in order), and the last of them: later writes queue behind it. */
-  private waitingWrites = 0;
-  private writeTail: Promise<unknown> = Promise.resolve();
+  /** Calls queued behind a write that waits for the lock, and the last of them: later calls go after it. */
+  private queued = 0;
+  private queueTail: Promise<unknown> = Promise.resolve();
 
   private readonly watchers = new Set<WatchStream>();
   /** Per watcher: the last change-log seq it has seen. */
@@ -369,7 +369,7 @@ export class SqliteStore implements Store {
       }).immediate();
       const store = new SqliteStore(db, opts);
       store.prune();
-      // From here on a long wait for the lock is taken on timers, not on this thread (`write`).
+      // From here on a long wait for the lock is taken on timers, not on this thread (`inOrder`).
       db.pragma(`busy_timeout = ${Math.min(SYNC_BUSY_MS, opts.busyTimeoutMs ?? 5000)}`);
       return store;
     } catch (err) {
@@ -511,24 +511,25 @@ export class SqliteStore implements Store {
   /**
    * Runs `fn` (a write, or a read) now if no earlier write of ours is waiting for the lock; else
    * after those, so this instance's writes commit in the order they were made and a read sees
-   * every write made before it. While another process holds the
-   * lock, tries again on timers (1, 2, 4 … 50 ms apart) until `busyTimeoutMs`, then fails with
-   * `UNAVAILABLE`; the thread is never blocked for more than one short SQLite busy wait.
+   * every write made before it. While another process holds the lock, tries again on timers
+   * (1, 2, 4 … 50 ms apart) until `busyTimeoutMs`, then fails with `UNAVAILABLE`; the thread is
+   * never blocked for more than one short SQLite busy wait.
    */
   private inOrder<T>(fn: () => T): Promise<T> {
-    if (this.waitingWrites === 0) {
+    if (this.queued === 0) {
       try {
         return Promise.resolve(fn());
       } catch (err) {
         if (!isBusy(err)) return Promise.reject(err);
       }
-      return this.queueWrite(fn, performance.now());
+      return this.enqueue(fn, performance.now());
     }
-    return this.queueWrite(fn, undefined);
+    return this.enqueue(fn, undefined);
   }
 
-  private queueWrite<T>(fn: () => T, firstTriedAt: number | undefined): Promise<T> {
-    this.waitingWrites++;
+  /** Queues `fn` behind the calls already waiting; `firstTriedAt`: it already found the lock taken. */
+  private enqueue<T>(fn: () => T, firstTriedAt: number | undefined): Promise<T> {
+    this.queued++;
     const attempt = async (): Promise<T> => {
       const started = firstTriedAt ?? performance.now();
       let pause = 1;
@@ -554,11 +555,11 @@ export class SqliteStore implements Store {
         }
       }
     };
-    const run = this.writeTail.then(attempt, attempt);
+    const run = this.queueTail.then(attempt, attempt);
     const done = run.finally(() => {
-      this.waitingWrites--;
+      this.queued--;
     });
-    this.writeTail = done.catch(() => {});
+    this.queueTail = done.catch(() => {});
     return done;
   }
 
