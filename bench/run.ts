@@ -2,13 +2,13 @@
  * Bench runner: `npm run bench -- <suite> [--quick] [--only=a,b] [--sides=roam,ws] [--sizes=64,1024] [--diag]`
  *
  * Runs bench/<suite>.ts, writes pretty JSON to bench/results/<suite>.json (or <suite>-partial.json
- * when --quick/--only/--sides/--sizes/--diag or profiled roam processes changed the run) and prints a
+ * when --quick/--only/--sides/--sizes/--diag or extra node flags for the roam processes changed the run) and prints a
  * short summary. Progress goes to stderr, the summary to stdout. Exit codes: 0 ok, 1 the suite
  * failed, 2 bad usage (unknown suite or flag).
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { PROFILING } from '../test/support/cli.js';
+import { EXTRA_NODE_ARGS } from '../test/support/cli.js';
 
 export interface SuiteOptions {
   quick: boolean;
@@ -86,15 +86,15 @@ async function main(): Promise<void> {
   const dir = fileURLToPath(new URL('./results/', import.meta.url));
   await mkdir(dir, { recursive: true });
   // A quick, partial or instrumented run (--quick/--only/--sides/--sizes/--diag, or roam processes
-  // profiled through ROAM_TEST_NODE_ARGS=--cpu-prof…) must not overwrite the full results the docs
-  // are drawn from.
+  // run with extra node flags through ROAM_TEST_NODE_ARGS, a profiler or a V8 setting) must not
+  // overwrite the full results the docs are drawn from.
   const partial =
     opts.quick ||
     opts.only !== undefined ||
     opts.sides !== undefined ||
     opts.sizes !== undefined ||
     opts.diag === true ||
-    PROFILING;
+    EXTRA_NODE_ARGS;
   const file = `${dir}${suite}${partial ? '-partial' : ''}.json`;
   await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
   const summary = mod.summarize ? mod.summarize(result as never) : JSON.stringify(result, null, 2);

@@ -14,6 +14,8 @@ export const NODE_ARGS = ['--import', 'tsx', ...(process.env.ROAM_TEST_NODE_ARGS
  * cleanup then asks it to stop (SIGTERM) before it kills it.
  */
 export const PROFILING = NODE_ARGS.some((a) => a.startsWith('--cpu-prof') || a.startsWith('--heap-prof'));
+/** Whether ROAM_TEST_NODE_ARGS changed how the roam processes run (any flag: a profiler, a V8 heap size). */
+export const EXTRA_NODE_ARGS = NODE_ARGS.length > 2;
 
 /** Runs `roam <args>` to completion. */
 export function roam(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
