@@ -137,8 +137,10 @@ describe('metrics: directory and hosts', { timeout: 120_000 }, () => {
         if (m.phases.clientGapMs !== undefined) resolve(m);
       }),
     );
+    const onDirectory: MigrationRecord[] = [];
     const gapOnDirectory = new Promise<void>((resolve) =>
       dir.events.on('migration', (e) => {
+        onDirectory.push(e.migration);
         if (e.migration.phases.clientGapMs !== undefined) resolve();
       }),
     );
@@ -148,6 +150,11 @@ describe('metrics: directory and hosts', { timeout: 120_000 }, () => {
     const withGap = await gapOnSource;
     assert.equal((await arrived).outcome, 'committed');
     await gapOnDirectory;
+    // Each report keeps what was known when it was made: the commit's has no gap yet (the host
+    // sends both in one batch when the gap comes quickly; a shared record made both say "gap").
+    const reports = onDirectory.filter((m) => m.id === rec.id);
+    assert.equal(reports[0]?.phases.clientGapMs, undefined, 'the commit, reported before the gap was known');
+    assert.equal(reports.at(-1)?.phases.clientGapMs, withGap.phases.clientGapMs);
     c.sendNext();
     await c.untilEchoed();
     assert.deepEqual(c.errors, []);

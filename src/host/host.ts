@@ -265,7 +265,10 @@ export class Host extends Emitter<HostEvents> {
             else stub.engine.retire();
           },
           incoming: (ev) => this.emit('migrationIn', ev),
-          emit(ev) {
+          emit(event) {
+            // A record is reported again as it completes (the clients' gap comes later): each report
+            // must keep what was true when it was made, not alias the record the migration mutates.
+            const ev = event.type === 'migration' ? { ...event, migration: structuredClone(event.migration) } : event;
             if (ev.type === 'migration') {
               const m = ev.migration;
               const { id, phases, outcome } = m;
