@@ -22,6 +22,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
@@ -32,6 +33,7 @@ import type { RoamError } from '../src/wire/index.js';
 import { startCluster } from '../test/support/cluster.js';
 import { SERVICES } from '../test/support/host.js';
 import type { SuiteOptions } from './run.js';
+import { percentile } from './stats.js';
 
 export interface DrainResult {
   suite: 'drain';
@@ -44,6 +46,27 @@ export interface DrainResult {
   sessions_per_s: number;
   /** Until every client had resumed at its new host. */
   clients_seconds: number;
+  /**
+   * Per client, from the MOVE it got to its resume at the new host (ms): how long a drain
+   * interrupts each session as its client sees it. Its batch's freeze and commit, and this
+   * process's own work: one thread handles every client's MOVE and resume, so with thousands of
+   * clients here this measures that thread as much as the hosts.
+   */
+  client_interruption_ms_p50: number;
+  client_interruption_ms_p99: number;
+  /**
+   * Per batch, the source's freeze until the destination serves its sessions (ms; the
+   * migration record's downtime): how long every session of a batch is frozen on the hosts' side,
+   * whatever the clients' process adds.
+   */
+  batch_downtime_ms_p50: number;
+  batch_downtime_ms_p99: number;
+  /**
+   * Event-loop delay of this process (every client) from the drain request until every client
+   * resumed, p50 / max (ms): how far behind the one thread that runs all the clients fell.
+   */
+  clients_loop_delay_ms_p50: number;
+  clients_loop_delay_ms_max: number;
   lost: number;
   duplicated: number;
   batches: number;
@@ -156,10 +179,17 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
     const allIn = new Promise<void>((r) => {
       allResumed = r;
     });
+    // Per client, from the MOVE to the resume at its new host: while its session is frozen at the
+    // source and until the destination serves it, the client receives nothing.
+    const movedAt = new Map<Session, number>();
+    const interruptions: number[] = [];
     for (const s of sessions) {
       s.on('event', (ev) => {
-        if (ev.type === 'resumed' && s.url !== a.clientUrl) {
+        if (ev.type === 'moved' && !movedAt.has(s)) movedAt.set(s, performance.now());
+        if (ev.type === 'resumed' && s.url !== a.clientUrl && !resumed.has(s)) {
           resumed.add(s);
+          const at = movedAt.get(s);
+          if (at !== undefined) interruptions.push(performance.now() - at);
           if (resumed.size === sessions.length) allResumed();
         }
       });
@@ -190,6 +220,8 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       ...Object.fromEntries(cluster.hosts.slice(1).map((h, i) => [`destination${i + 1}`, h.child.pid])),
     };
     const cpu0 = cpuMs(procs);
+    const loop = monitorEventLoopDelay({ resolution: 10 });
+    loop.enable();
     const t0 = performance.now();
     const w0 = process.hrtime.bigint() / 1000n;
     await cluster.api<DrainStatus>('/api/drain', { host: a.id, concurrency: 4, batchSize: 250, deadlineMs: 600_000 });
@@ -205,6 +237,7 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       return `${sessions.length - resumed.size} clients never resumed at their new host: ${JSON.stringify([...states])}`;
     });
     const clientsSeconds = (performance.now() - t0) / 1000;
+    loop.disable();
     const cpu = cpuSince(cpu0, cpuMs(procs));
     // For bench/cpuprofile-top.ts --window: the drain, on the clock every process's profile uses.
     process.stderr.write(`\n  profile window: --window=${w0},${process.hrtime.bigint() / 1000n}\n`);
@@ -221,6 +254,10 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
     const placement: Record<string, number> = {};
     for (const r of records) placement[r.to.slice(0, 12)] = (placement[r.to.slice(0, 12)] ?? 0) + r.sessions;
     const commits = records.map((r) => r.endedAt - r.startedAt).sort((x, y) => x - y);
+    const downtimes = records.flatMap((r) => {
+      const d = r.phases.freezeSteps?.downtimeMs;
+      return d === undefined ? [] : [d];
+    });
     const med = (f: (r: MigrationRecord) => number) => {
       const xs = records.map(f).sort((x, y) => x - y);
       return Math.round(xs[Math.floor(xs.length / 2)] ?? 0);
@@ -249,6 +286,12 @@ export async function run(opts: SuiteOptions): Promise<DrainResult> {
       seconds: Math.round(seconds * 1000) / 1000,
       sessions_per_s: Math.round(n / seconds),
       clients_seconds: Math.round(clientsSeconds * 1000) / 1000,
+      client_interruption_ms_p50: Math.round(percentile(interruptions, 50)),
+      client_interruption_ms_p99: Math.round(percentile(interruptions, 99)),
+      batch_downtime_ms_p50: Math.round(percentile(downtimes, 50)),
+      batch_downtime_ms_p99: Math.round(percentile(downtimes, 99)),
+      clients_loop_delay_ms_p50: Math.round(loop.percentile(50) / 1e6),
+      clients_loop_delay_ms_max: Math.round(loop.max / 1e6),
       lost,
       duplicated,
       batches: records.length,
@@ -419,6 +462,8 @@ async function wsBaseline(n: number): Promise<DrainResult['ws_baseline']> {
     }
     const procs = { source: a.child.pid, destination1: b.child.pid, destination2: c.child.pid };
     const cpu0 = cpuMs(procs);
+    const loop = monitorEventLoopDelay({ resolution: 10 });
+    loop.enable();
     const t0 = performance.now();
     a.send(`move ${BASELINE_WINDOW} ${b.url} ${c.url}`);
     await within(120_000, done, () => `baseline: ${n - moved} raw ws clients never moved`);
@@ -433,5 +478,5 @@ async function wsBaseline(n: number): Promise<DrainResult['ws_baseline']> {
 }
 
 export function summarize(r: DrainResult): string {
-  return `drain: ${r.sessions} sessions × ${r.state_bytes} B in ${r.seconds} s (${r.sessions_per_s}/s; clients all resumed at ${r.clients_seconds} s), lost ${r.lost}, duplicated ${r.duplicated}, placement ${JSON.stringify(r.placement)}; CPU ${r.cpu_seconds} s ${JSON.stringify(r.cpu_seconds_by_process)}; raw ws baseline: clients moved in ${r.ws_baseline.seconds} s, CPU ${r.ws_baseline.cpu_seconds} s ${JSON.stringify(r.ws_baseline.cpu_seconds_by_process)}`;
+  return `drain: ${r.sessions} sessions × ${r.state_bytes} B in ${r.seconds} s (${r.sessions_per_s}/s; clients all resumed at ${r.clients_seconds} s, each interrupted p50 ${r.client_interruption_ms_p50} ms p99 ${r.client_interruption_ms_p99} ms; batch downtime p50 ${r.batch_downtime_ms_p50} ms p99 ${r.batch_downtime_ms_p99} ms; clients' event loop delay p50 ${r.clients_loop_delay_ms_p50} ms max ${r.clients_loop_delay_ms_max} ms), lost ${r.lost}, duplicated ${r.duplicated}, placement ${JSON.stringify(r.placement)}; CPU ${r.cpu_seconds} s ${JSON.stringify(r.cpu_seconds_by_process)}; raw ws baseline: clients moved in ${r.ws_baseline.seconds} s, CPU ${r.ws_baseline.cpu_seconds} s ${JSON.stringify(r.ws_baseline.cpu_seconds_by_process)}`;
 }

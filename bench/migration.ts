@@ -21,6 +21,7 @@ import type { MigrationRecord } from '../src/transport/cluster.js';
 import { type Cluster, startCluster } from '../test/support/cluster.js';
 import { SERVICES } from '../test/support/host.js';
 import type { SuiteOptions } from './run.js';
+import { median, p99 } from './stats.js';
 
 export interface MigrationCase {
   state_bytes: number;
@@ -82,21 +83,6 @@ export interface MigrationResult {
 
 const dec = new TextDecoder();
 
-function pct(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i] as number;
-}
-const median = (xs: number[]) =>
-  pct(
-    [...xs].sort((a, b) => a - b),
-    50,
-  );
-const p99 = (xs: number[]) =>
-  pct(
-    [...xs].sort((a, b) => a - b),
-    99,
-  );
 const round2 = (x: number) => Math.round(x * 100) / 100;
 
 /** Indices as they arrive: times, losses and duplicates. */

@@ -157,6 +157,13 @@ if (d) {
   );
   out.push(`| sessions per second | ${fmt(d.sessions_per_s)} | |`);
   out.push(`| drain request → every client resumed at its new host | ${fmt(d.clients_seconds, 2)} s | |`);
+  if (d.client_interruption_ms_p50 !== undefined) {
+    out.push(
+      `| each batch, freeze → its sessions served at the destination (hosts' side of each session's interruption), p50 / p99 | ${fmt(d.batch_downtime_ms_p50)} / ${fmt(d.batch_downtime_ms_p99)} ms | |`,
+      `| each client, MOVE → resumed at its new host, p50 / p99 (includes the one bench thread that moves every client) | ${fmt(d.client_interruption_ms_p50)} / ${fmt(d.client_interruption_ms_p99)} ms | |`,
+      `| that thread's event-loop delay meanwhile, p50 / max | ${fmt(d.clients_loop_delay_ms_p50)} / ${fmt(d.clients_loop_delay_ms_max)} ms | |`,
+    );
+  }
   if (d.ws_baseline) {
     out.push(
       `| baseline, same run: as many raw \`ws\` clients moved between plain \`ws\` servers (no state, no auth) | ${fmt(d.ws_baseline.seconds, 2)} s | |`,
