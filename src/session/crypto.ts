@@ -157,9 +157,12 @@ export function concat(...parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** Two lowercase hex digits of each byte value: session ids are turned into map keys on every lookup. */
+const HEX_BYTE = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
 export function toHex(b: Uint8Array): string {
   let s = '';
-  for (const x of b) s += x.toString(16).padStart(2, '0');
+  for (let i = 0; i < b.length; i++) s += HEX_BYTE[b[i] as number];
   return s;
 }
 
