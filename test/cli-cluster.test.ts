@@ -232,8 +232,12 @@ describe('roam operator commands', { timeout: 180_000 }, () => {
       drain: DrainStatus;
       placement: Array<{ host: string; instances: number; sessions: number }>;
       left: number;
+      frozen: { batches: number; p50Ms: number; maxMs: number } | null;
     }>(r);
     assert.equal(out.drain.state, 'done', JSON.stringify(out.drain));
+    // Each committed batch measured how long its sessions were frozen.
+    assert.ok(out.frozen && out.frozen.batches >= 1, JSON.stringify(out.frozen));
+    assert.ok(out.frozen.p50Ms > 0 && out.frozen.maxMs >= out.frozen.p50Ms, JSON.stringify(out.frozen));
     assert.equal(out.drain.host, b.id);
     assert.ok(out.drain.total >= 1);
     assert.equal(out.drain.moved, out.drain.total);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { MigrationRecord } from '../transport/cluster.js';
-import { migrationSummary } from './operator.js';
+import type { DrainStatus, MigrationRecord } from '../transport/cluster.js';
+import { drainSummary, frozenOf, migrationSummary } from './operator.js';
 
 const record: MigrationRecord = {
   id: 'm1',
@@ -35,5 +35,35 @@ describe('roam migrate summary', () => {
     const text = migrationSummary(record);
     assert.match(text, /NEGOTIATE +PRECOPY +FREEZE +COMMIT/);
     assert.doesNotMatch(text, /DOWNTIME/);
+  });
+});
+
+describe('roam drain summary', () => {
+  const batch = (id: string, downtimeMs: number | undefined, outcome: MigrationRecord['outcome'] = 'committed') => {
+    const freezeSteps = downtimeMs === undefined ? undefined : { workerMs: 1, sendMs: 0, waitMs: 2, downtimeMs };
+    return { ...record, id, outcome, phases: { ...record.phases, ...(freezeSteps ? { freezeSteps } : {}) } };
+  };
+  const status: DrainStatus = {
+    id: 'd1',
+    host: 'a'.repeat(32),
+    state: 'done',
+    startedAt: 0,
+    endedAt: 2000,
+    total: 3,
+    moved: 3,
+    failed: 0,
+    suspended: 0,
+  };
+
+  it('says how long each session was frozen, over the committed batches that measured it', () => {
+    const frozen = frozenOf([batch('m1', 40), batch('m2', 12), batch('m3', 250, 'aborted'), batch('m4', undefined)]);
+    assert.deepEqual(frozen, { batches: 2, p50Ms: 12, maxMs: 40 });
+    const text = drainSummary(status, [], 0, frozen);
+    assert.match(text, /each session frozen while its batch moved: p50 12 ms, max 40 ms \(2 batches\)/);
+  });
+
+  it('leaves the line out when no batch measured it', () => {
+    assert.equal(frozenOf([batch('m4', undefined)]), undefined);
+    assert.doesNotMatch(drainSummary(status, [], 0, undefined), /frozen/);
   });
 });

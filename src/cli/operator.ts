@@ -247,6 +247,28 @@ function placementOf(records: Iterable<MigrationRecord>): Placement[] {
   return [...by.values()].sort((a, b) => b.instances - a.instances || a.host.localeCompare(b.host));
 }
 
+/**
+ * How long a drain froze its sessions: every session of a batch is frozen from the batch's freeze
+ * until the destination serves it (the record's downtime), so this is each session's interruption
+ * on the hosts' side. Over the committed batches that report it; undefined when none does.
+ */
+export interface Frozen {
+  batches: number;
+  p50Ms: number;
+  maxMs: number;
+}
+
+export function frozenOf(records: Iterable<MigrationRecord>): Frozen | undefined {
+  const ms: number[] = [];
+  for (const m of records) {
+    const d = m.phases.freezeSteps?.downtimeMs;
+    if (m.outcome === 'committed' && d !== undefined) ms.push(d);
+  }
+  if (ms.length === 0) return undefined;
+  ms.sort((a, b) => a - b);
+  return { batches: ms.length, p50Ms: ms[Math.ceil(ms.length / 2) - 1] as number, maxMs: ms[ms.length - 1] as number };
+}
+
 async function drainCommand(
   hostArg: string,
   opts: ApiCliOptions & { deadlineMs?: number; concurrency?: number; batch?: number },
@@ -302,18 +324,19 @@ async function drainCommand(
     bar.stop();
   }
   const placement = placementOf(records.values());
+  const frozen = frozenOf(records.values());
   const left = (await api.get<{ instances: InstanceInfo[] }>('/api/instances')).instances.filter(
     (i) => i.host === host.id,
   ).length;
-  if (opts.json) json({ drain: status, placement, left });
-  else out(drainSummary(status, placement, left));
+  if (opts.json) json({ drain: status, placement, left, frozen: frozen ?? null });
+  else out(drainSummary(status, placement, left, frozen));
   if (status.state !== 'done') {
     throw new Failure('DRAIN_FAILED', status.message ?? `drain of ${shortId(host.id)} ended ${status.state}`);
   }
 }
 
 /** The human summary of a finished drain. */
-export function drainSummary(d: DrainStatus, placement: Placement[], left: number): string {
+export function drainSummary(d: DrainStatus, placement: Placement[], left: number, frozen?: Frozen): string {
   const secs = ((d.endedAt ?? Date.now()) - d.startedAt) / 1000;
   const sessions = placement.reduce((a, p) => a + p.sessions, 0);
   let s = `drain ${d.id} of ${shortId(d.host)}: ${coloured(d.state)}${d.message ? ` (${d.message})` : ''}\n\n`;
@@ -338,6 +361,9 @@ export function drainSummary(d: DrainStatus, placement: Placement[], left: numbe
       placement.map((p) => [shortId(p.host), String(p.instances), String(p.sessions)]),
       { indent: '  ', align: ['left', 'right', 'right'] },
     )}`;
+  }
+  if (frozen) {
+    s += `\n  each session frozen while its batch moved: p50 ${ms(frozen.p50Ms)}, max ${ms(frozen.maxMs)} (${frozen.batches} batch${frozen.batches === 1 ? '' : 'es'})\n`;
   }
   return s;
 }
