@@ -330,11 +330,20 @@ describe('SqliteStore', { timeout: 30_000 }, () => {
     const f = await sqliteFixture();
     // Another connection (another process, as far as SQLite can tell) holds the write lock.
     const other = new Database(f.path, { timeout: 0 });
+    let ticker: NodeJS.Timeout | undefined;
     try {
       await f.store.put('m.a', enc('0'));
       other.exec('BEGIN IMMEDIATE');
+      // The lock stays taken for 40 ticks of a 5 ms timer on this thread: they only come if the
+      // writes below do not block it. Then the other connection lets go.
       let ticks = 0;
-      const ticker = setInterval(() => ticks++, 5);
+      let held = (): void => {};
+      const heldLongEnough = new Promise<void>((resolve) => {
+        held = resolve;
+      });
+      ticker = setInterval(() => {
+        if (++ticks === 40) held();
+      }, 5);
       const p1 = f.store.put('m.a', enc('1'));
       const p2 = f.store.put('m.a', enc('2'));
       const p3 = f.store.compareAndSet('m.b', 0, enc('b'));
@@ -344,24 +353,16 @@ describe('SqliteStore', { timeout: 30_000 }, () => {
       void Promise.allSettled([p1, p2, p3]).then(() => {
         settled = true;
       });
-      // The lock stays taken for ~200 ms of this thread's timers: they only fire if the writes
-      // above do not block it. Then the other connection lets go.
-      await new Promise<void>((resolveHeld) => {
-        const check = setInterval(() => {
-          if (ticks < 40) return;
-          clearInterval(check);
-          resolveHeld();
-        }, 5);
-      });
+      await heldLongEnough;
       assert.equal(settled, false, 'the writes wait for the lock');
       other.exec('COMMIT');
       const [r1, r2, r3] = await Promise.all([p1, p2, p3]);
-      clearInterval(ticker);
       assert.equal(dec((await read)?.value ?? new Uint8Array()), '2');
       assert.ok(r1 < r2 && r2 < r3, `revisions in the order the writes were made: ${r1}, ${r2}, ${r3}`);
       assert.equal(dec((await f.store.get('m.a'))?.value ?? new Uint8Array()), '2');
       assert.equal(dec((await f.store.get('m.b'))?.value ?? new Uint8Array()), 'b');
     } finally {
+      clearInterval(ticker);
       if (other.inTransaction) other.exec('ROLLBACK');
       other.close();
       await f.cleanup();

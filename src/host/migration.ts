@@ -1115,11 +1115,16 @@ export class Migrations {
       flush();
       if (link?.open) link.send({ t: 'gap', ms: gap });
     };
-    const finish = () => {
+    // Over, whichever way: no more timers, and no listener left on the sessions.
+    const stop = () => {
       over = true;
       clearTimeout(deadline);
       if (flushTimer) clearTimeout(flushTimer);
       flushTimer = undefined;
+      for (const [s, fn] of listeners) s.off('event', fn);
+    };
+    const finish = () => {
+      stop();
       if (link) report();
     };
     const deadline = setTimeout(finish, 10_000);
@@ -1149,11 +1154,8 @@ export class Migrations {
         else if (batch.length > 0) flushTimer ??= setTimeout(flush, 20);
       },
       cancel: () => {
-        over = true;
+        stop();
         link = undefined;
-        clearTimeout(deadline);
-        if (flushTimer) clearTimeout(flushTimer);
-        for (const [s, fn] of listeners) s.off('event', fn);
       },
     };
   }
