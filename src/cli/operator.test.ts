@@ -36,6 +36,15 @@ describe('roam migrate summary', () => {
     assert.match(text, /NEGOTIATE +PRECOPY +FREEZE +COMMIT/);
     assert.doesNotMatch(text, /DOWNTIME/);
   });
+
+  it('says the client gap is a lower bound when clients were late for it', () => {
+    const late = migrationSummary({ ...record, phases: { ...record.phases, clientGapMs: 10_000, clientsLate: 2 } });
+    assert.match(late, /CLIENT GAP/);
+    assert.match(late, />= 10000 ms/);
+    assert.match(late, /late +2 clients had not resumed/);
+    const onTime = migrationSummary({ ...record, phases: { ...record.phases, clientGapMs: 7 } });
+    assert.doesNotMatch(onTime, />=|late/);
+  });
 });
 
 describe('roam drain summary', () => {

@@ -153,7 +153,8 @@ export function migrationSummary(m: MigrationRecord): string {
     // Freeze until serving at the destination: the freeze without the verdict's trip back.
     ...(p.freezeSteps?.downtimeMs !== undefined ? [['downtime', ms(p.freezeSteps.downtimeMs)]] : []),
     ['commit', ms(p.commitMs)],
-    ...(p.clientGapMs !== undefined ? [['client gap', ms(p.clientGapMs)]] : []),
+    // Clients still away when the gap was reported: the gap is at least what they had waited.
+    ...(p.clientGapMs !== undefined ? [['client gap', `${p.clientsLate ? '>= ' : ''}${ms(p.clientGapMs)}`]] : []),
   ];
   lines.push('');
   lines.push(
@@ -178,6 +179,12 @@ export function migrationSummary(m: MigrationRecord): string {
   const ratio = m.stateBytes > 0 ? ` (${(m.bytesSent / m.stateBytes).toFixed(2)}x the state)` : '';
   lines.push(`  sent         ${bytes(m.bytesSent)} for ${bytes(m.stateBytes)} of state${ratio}`);
   if (m.throttleSteps > 0) lines.push(`  throttled    up to step ${m.throttleSteps} to converge`);
+  const late = p.clientsLate ?? 0;
+  if (late > 0) {
+    lines.push(
+      `  late         ${late} client${late === 1 ? '' : 's'} had not resumed at the destination when the gap was taken`,
+    );
+  }
   return `${lines.join('\n')}\n`;
 }
 

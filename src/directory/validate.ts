@@ -286,6 +286,8 @@ export function migration(v: unknown, path: string): MigrationRecord {
   };
   const gap = optional(ph, 'clientGapMs', (x) => number(x, `${path}.phases.clientGapMs`));
   if (gap !== undefined) phases.clientGapMs = gap;
+  const late = optional(ph, 'clientsLate', (x) => number(x, `${path}.phases.clientsLate`, { int: true }));
+  if (late !== undefined) phases.clientsLate = late;
   const steps = optional(ph, 'freezeSteps', (x) => freezeSteps(x, `${path}.phases.freezeSteps`));
   if (steps !== undefined) phases.freezeSteps = steps;
   const m: MigrationRecord = {

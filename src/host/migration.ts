@@ -57,6 +57,11 @@ export interface MigrationOptions {
   /** How long a source keeps a moved session to redirect a late client. Default 60 s. */
   movedTtlMs?: number;
   /**
+   * A destination reports the gap its clients saw once all resumed, or this long after the freeze
+   * with the ones still away counted as late (their resumes are reported later). Default 10 s.
+   */
+  gapReportMs?: number;
+  /**
    * Crash tests only: the process kills itself (SIGKILL) at this point of a migration, so tests can
    * check what the other end and the Store make of it. `roam host` reads it from ROAM_TEST_FAULT.
    */
@@ -198,7 +203,8 @@ type ToSource =
     }
   | { t: 'failed'; code: CodeName; message: string }
   | { t: 'resumed'; sids: string[]; gapMs: number }
-  | { t: 'gap'; ms: number | undefined };
+  /** `late`: clients not resumed yet when the gap was reported (their resumes follow). */
+  | { t: 'gap'; ms: number | undefined; late?: number };
 
 /** One end of a migration link: msgpack messages in order, awaited one at a time. */
 class Link<In, Out> {
@@ -360,6 +366,7 @@ export class Migrations {
   private readonly maxRounds: number;
   private readonly stepTimeoutMs: number;
   private readonly movedTtlMs: number;
+  private readonly gapReportMs: number;
   /** Instances on their way out; fencing and suspension leave them alone. */
   readonly outgoing = new Set<string>();
   /** Sessions arriving: a RESUME that races the commit waits for it. */
@@ -378,6 +385,7 @@ export class Migrations {
     this.maxRounds = opts.maxRounds ?? 30;
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 15_000;
     this.movedTtlMs = opts.movedTtlMs ?? 60_000;
+    this.gapReportMs = opts.gapReportMs ?? 10_000;
     this.fault = opts.fault;
   }
 
@@ -752,20 +760,27 @@ export class Migrations {
     rec.bytesSent = link?.bytesSent ?? 0;
     h.emit({ type: 'migration', migration: rec });
     if (!link) return;
-    // The destination reports which sessions resumed there (stubs can go) and the clients' gap.
+    // The destination reports which sessions resumed there (stubs can go) and the clients' gap;
+    // clients late for the gap report still resume, and their stubs go then.
     const wanted = new Set(transfers.filter((t) => t.attached).map((t) => t.sid));
+    const hadClients = wanted.size > 0;
     void (async () => {
       try {
-        for (;;) {
+        let gapHeard = false;
+        while (!gapHeard || wanted.size > 0) {
           const m = await link.next(this.movedTtlMs);
           if (m.t === 'resumed') {
-            for (const sid of m.sids) this.dropStub(sid);
+            for (const sid of m.sids) {
+              wanted.delete(sid);
+              this.dropStub(sid);
+            }
           } else if (m.t === 'gap') {
-            if (m.ms !== undefined && wanted.size > 0) {
+            gapHeard = true;
+            if (m.ms !== undefined && hadClients) {
               rec.phases.clientGapMs = m.ms;
+              if (m.late !== undefined && m.late > 0) rec.phases.clientsLate = m.late;
               h.emit({ type: 'migration', migration: rec });
             }
-            break;
           }
         }
       } catch {
@@ -1093,6 +1108,11 @@ export class Migrations {
    * Tells the source which clients arrived (so it drops their stubs) and the longest gap. Watches
    * from before the sessions serve (a client may resume before the verdict is sent), and writes
    * to the link only from `start`, after the verdict: the source reads the verdict first.
+   *
+   * The gap is reported once every client resumed or `gapReportMs` after the freeze, whichever
+   * comes first; clients still away then count with the time they have waited so far (`late`).
+   * Their resumes are still reported afterwards, until `movedTtlMs`: a source waiting for its
+   * stubs to go (a shutdown) must not wait for its deadline because a client was slow.
    */
   private watchResumes(
     m: Extract<ToDestination, { t: 'final' }>,
@@ -1101,11 +1121,14 @@ export class Migrations {
     const waiting = new Set(m.sessions.filter((t) => t.attached).map((t) => t.sid));
     let link: Link<ToDestination, ToSource> | undefined;
     let gap: number | undefined;
+    let late = 0;
+    let gapDue = false;
+    let gapSent = false;
     let batch: string[] = [];
     let flushTimer: NodeJS.Timeout | undefined;
-    let over = false;
     const listeners: Array<[ServerSession, (ev: { type: string }) => void]> = [];
     const flush = () => {
+      if (flushTimer) clearTimeout(flushTimer);
       flushTimer = undefined;
       if (!link) return;
       if (batch.length > 0 && link.open) link.send({ t: 'resumed', sids: batch, gapMs: gap ?? 0 });
@@ -1113,23 +1136,42 @@ export class Migrations {
     };
     const report = () => {
       flush();
-      if (link?.open) link.send({ t: 'gap', ms: gap });
+      if (gapDue && !gapSent && link?.open) {
+        gapSent = true;
+        link.send({ t: 'gap', ms: gap, ...(late > 0 ? { late } : {}) });
+      }
+    };
+    const gapNow = () => {
+      if (gapDue) return;
+      gapDue = true;
+      clearTimeout(gapTimer);
+      late = waiting.size;
+      // A client still away has waited at least this long.
+      if (late > 0) gap = Math.max(gap ?? 0, Date.now() - m.frozenAt);
     };
     // Over, whichever way: no more timers, and no listener left on the sessions.
     const stop = () => {
-      over = true;
-      clearTimeout(deadline);
-      if (flushTimer) clearTimeout(flushTimer);
-      flushTimer = undefined;
+      clearTimeout(gapTimer);
+      clearTimeout(ttlTimer);
       for (const [s, fn] of listeners) s.off('event', fn);
     };
-    const finish = () => {
+    const gapTimer = setTimeout(() => {
+      gapNow();
+      report();
+    }, this.gapReportMs);
+    gapTimer.unref();
+    const ttlTimer = setTimeout(() => {
       stop();
-      if (link) report();
+      gapNow();
+      report();
+    }, this.movedTtlMs);
+    ttlTimer.unref();
+    const allIn = () => {
+      stop();
+      gapNow();
+      report();
     };
-    const deadline = setTimeout(finish, 10_000);
-    deadline.unref();
-    if (waiting.size === 0) finish();
+    if (waiting.size === 0) allIn();
     for (const list of sessions.values()) {
       for (const s of list) {
         if (!waiting.has(s.id)) continue;
@@ -1137,10 +1179,9 @@ export class Migrations {
           if (ev.type !== 'resumed' || !waiting.has(s.id)) return;
           s.off('event', onEvent);
           waiting.delete(s.id);
-          const g = Date.now() - m.frozenAt;
-          gap = Math.max(gap ?? 0, g);
+          if (!gapDue) gap = Math.max(gap ?? 0, Date.now() - m.frozenAt);
           batch.push(s.id);
-          if (waiting.size === 0) finish();
+          if (waiting.size === 0) allIn();
           else if (link) flushTimer ??= setTimeout(flush, 20);
         };
         s.on('event', onEvent);
@@ -1150,11 +1191,13 @@ export class Migrations {
     return {
       start: (l) => {
         link = l;
-        if (over) report();
+        if (gapDue) report();
         else if (batch.length > 0) flushTimer ??= setTimeout(flush, 20);
       },
       cancel: () => {
         stop();
+        if (flushTimer) clearTimeout(flushTimer);
+        flushTimer = undefined;
         link = undefined;
       },
     };

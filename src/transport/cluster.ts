@@ -116,8 +116,13 @@ export interface MigrationRecord {
     precopyMs: number;
     freezeMs: number;
     commitMs: number;
-    /** Longest time a client of the instance waited: freeze until it resumed at the destination. */
+    /**
+     * Longest time a client of the instance waited: freeze until it resumed at the destination.
+     * With `clientsLate`, some had not resumed when it was reported: for them, the time so far.
+     */
     clientGapMs?: number;
+    /** Clients that had not resumed at the destination when the gap was reported (10 s). */
+    clientsLate?: number;
     /** Where the freeze went, step by step (absent when the migration did not get that far). */
     freezeSteps?: FreezeSteps;
   };
