@@ -186,12 +186,12 @@ async function moveByHand(
   to: TestHost,
   id: string,
   clientUrl: string,
-  opts: { keepStub?: boolean } = {},
+  opts: { keepStub?: boolean; hinted?: boolean } = {},
 ): Promise<ServerSession> {
   const s = from.server.getSession(id);
   assert.ok(s);
   // As a migrating host does during pre-copy; the gateway keeps the hint from the client.
-  assert.ok(await s.hintMove(clientUrl), 'the hint went out on an attached transport');
+  if (!opts.hinted) assert.ok(await s.hintMove(clientUrl), 'the hint went out on an attached transport');
   s.engine.freeze();
   const engine = SessionEngine.restore(s.engine.exportTransport());
   const copy = new ServerSession(s.sessionId, s.service, s.key, engine, s.keyForResume);
@@ -373,7 +373,7 @@ describe('gateway', () => {
     assert.equal(b.server.sessionCount, 1);
     // (Whether a splice found a link already open in the pool depends on timing; see the pool test.)
     const { pooled: _, ...counters } = gw.counters;
-    assert.deepEqual(counters, { clients: 2, splices: 2, resplices: 0, refused: 0, redirected: 0 });
+    assert.deepEqual(counters, { clients: 2, splices: 2, resplices: 0, refused: 0, redirected: 0, prepared: 0 });
     // The host sees the client's address, not the gateway's link.
     assert.equal(holder([a, b], s1.id as string).server.getSession(s1.id as string)?.remoteAddress, '127.0.0.1');
 
@@ -544,6 +544,52 @@ describe('gateway', () => {
       await echo(bystander, 'bystander untouched');
     });
   }
+
+  it('a RESUME the client prepared at the MOVE hint goes to the destination at the MOVE, with no round trip to the client', async (t) => {
+    const a = await startHost(t, 'a');
+    const b = await startHost(t, 'b');
+    const gw = await startGateway(t, { hosts: [a.record(), b.record()] });
+    // Acknowledging every frame at once: by the MOVE the host has heard of echoes the prepared
+    // RESUME's claim is older than, so the destination must start its replay where the ACKs were.
+    const s = open(urlOf(gw, 'ws'), 'stream', { engine: { ackEveryFrames: 1 } });
+    t.after(() => s.close());
+    await s.ready;
+    const id = s.id as string;
+    const events: SessionEvent['type'][] = [];
+    s.on('event', (e) => events.push(e.type));
+    const N = 6;
+    const echoes = collector(s, N);
+    s.send(enc.encode('1'));
+    await echoes.at(1);
+    const from = holder([a, b], id);
+    const to = from === a ? b : a;
+    assert.ok(await from.server.getSession(id)?.hintMove(to.ws));
+    // Two round trips after the hint: the first echo comes after the gateway's prepared CHALLENGE,
+    // so the client's RESUME went out before the second number, and reached the gateway first.
+    s.send(enc.encode('2'));
+    await echoes.at(2);
+    s.send(enc.encode('3'));
+    await echoes.at(3);
+    // The client carried on meanwhile: nothing was parked, nothing resumed yet.
+    assert.deepEqual(events, []);
+    // Its ACK of echo 2 went out before number 3: the host heard it, after the RESUME's claim (1).
+    assert.ok((from.server.getSession(id)?.engine.peerAckedSeq ?? 0) >= 2, 'the host heard the ACK of echo 2');
+    assert.equal(gw.counters.prepared, 0);
+    const resumed = nextEvent(s, 'resumed');
+    await moveByHand(from, to, id, to.ws, { hinted: true });
+    s.send(enc.encode('4'));
+    await resumed;
+    s.send(enc.encode('5'));
+    s.send(enc.encode('6'));
+    await echoes.done;
+    assert.equal(gw.counters.prepared, 1, 'the re-splice used the prepared RESUME');
+    assert.equal(gw.counters.resplices, 1);
+    assert.equal(to.server.getSession(id)?.state, 'attached');
+    assert.equal(echoes.bad(), undefined);
+    assert.deepEqual(echoes.got, seq(N));
+    assert.deepEqual(states.get(id)?.got, seq(N), 'the host saw every number once, in order');
+    assert.deepEqual(events, ['resumed']);
+  });
 
   it('hostile input gets an ERROR code; a bystander session is untouched', async (t) => {
     const a = await startHost(t, 'a');

@@ -1,12 +1,14 @@
 import { unpack } from 'msgpackr';
 import {
   type Clock,
+  checkResumed,
   clientHello,
   clientResume,
   Emitter,
   type EngineOptions,
   FramedConnection,
   lostReasonFor,
+  prepareResume,
   SESSION_FATAL_CODES,
   type SessionCrypto,
   SessionEngine,
@@ -178,6 +180,8 @@ export class Session extends Emitter<SessionEvents> {
   private fallbackUrl: string | undefined;
   /** A transport opened ahead of a MOVE the server announced (a hint), until it is used or expires. */
   private prepared: Prepared | undefined;
+  /** The RESUME this client prepared for a gateway (after a prepared CHALLENGE) and its nonce. */
+  private preparedResume: { conn: FramedConnection; clientNonce: Uint8Array } | undefined;
   private wakeTimer: TimerHandle | undefined;
   private wake: (() => void) | undefined;
   private attempt = 0;
@@ -221,6 +225,12 @@ export class Session extends Emitter<SessionEvents> {
     });
     this.engine.on('challenge', (nonce, conn) => {
       void this.onInbandChallenge(nonce, conn);
+    });
+    this.engine.on('prepare', (nonce, conn) => {
+      void this.onPrepare(nonce, conn);
+    });
+    this.engine.on('resumed', (f, conn) => {
+      void this.onInbandResumed(f, conn);
     });
     this.holdAlive();
     void this.run();
@@ -430,6 +440,7 @@ export class Session extends Emitter<SessionEvents> {
           this.opts.service,
           this.opts.key,
           this.opts.crypto,
+          { prepares: true },
         );
         this.connecting = undefined;
         if (this._state !== 'connecting') {
@@ -505,6 +516,8 @@ export class Session extends Emitter<SessionEvents> {
           id,
           this.key as SessionKey,
           this.engine.lastReceivedSeq,
+          undefined,
+          { prepares: true },
         );
         this.connecting = undefined;
         if (this._state !== 'suspended') {
@@ -559,6 +572,8 @@ export class Session extends Emitter<SessionEvents> {
   private async onInbandChallenge(nonce: Uint8Array, conn: FramedConnection): Promise<void> {
     const key = this.key;
     const id = this._id;
+    // A CHALLENGE of its own: the gateway is not using what this client prepared, if anything.
+    this.preparedResume = undefined;
     if (this._state !== 'open' || !key || !id) {
       conn.abort();
       return;
@@ -573,6 +588,7 @@ export class Session extends Emitter<SessionEvents> {
         key,
         this.engine.lastReceivedSeq,
         nonce,
+        { prepares: true },
       );
       if (this.connecting === conn) this.connecting = undefined;
       if (this._state !== 'open' || this.engine.state !== 'detached') {
@@ -627,6 +643,57 @@ export class Session extends Emitter<SessionEvents> {
     // The old endpoint has handed the session over; resume at the new one straight away.
     this.resumeImmediately = true;
     this.engine.dropTransport();
+  }
+
+  /**
+   * A prepared CHALLENGE: the gateway will move the session's upstream soon and wants the RESUME
+   * for it now. Answered at once with what this client has received so far; the session carries
+   * on meanwhile (the destination replays from whatever it acknowledged by then).
+   */
+  private async onPrepare(nonce: Uint8Array, conn: FramedConnection): Promise<void> {
+    const key = this.key;
+    const id = this._id;
+    if (this._state !== 'open' || !key || !id) return;
+    const clientNonce = await prepareResume(conn, id, key, this.engine.lastReceivedSeq, nonce);
+    this.preparedResume = { conn, clientNonce };
+  }
+
+  /**
+   * The RESUMED for a prepared RESUME, in-band: the gateway moved the session's upstream and the
+   * destination took the RESUME. The engine has let go of `conn`; the proof is checked as for any
+   * RESUMED before it takes `conn` back, and what the destination has not received is resent.
+   */
+  private async onInbandResumed(
+    f: Extract<Frame, { type: typeof FrameType.RESUMED }>,
+    conn: FramedConnection,
+  ): Promise<void> {
+    const p = this.preparedResume;
+    this.preparedResume = undefined;
+    const key = this.key;
+    const id = this._id;
+    try {
+      if (!p || p.conn !== conn || !key || !id) {
+        throw new RoamError('UNEXPECTED_FRAME', 'RESUMED that answers no RESUME of this client');
+      }
+      await checkResumed(key, p.clientNonce, id, f);
+    } catch (err) {
+      conn.abort();
+      if (this._state !== 'open' || this.engine.state !== 'detached') return;
+      const e = asRoamError(err);
+      if (FATAL_ON_RESUME.has(e.code)) {
+        this.engine.lose(e.code, e.message);
+        return;
+      }
+      this.warn(e);
+      this.resumeImmediately = true;
+      this.onEngineEvent({ type: 'suspended', code: e.code, message: e.message });
+      return;
+    }
+    if (this._state !== 'open' || this.engine.state !== 'detached') {
+      conn.abort();
+      return;
+    }
+    this.engine.attach(conn, f.lastSeq);
   }
 
   private onExported(data: Uint8Array): void {

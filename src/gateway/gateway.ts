@@ -83,6 +83,11 @@ export interface GatewayCounters {
   pooled: number;
   /** Keyed HELLOs and stale RESUMEs a host sent on elsewhere (INSTANCE_ELSEWHERE), followed here. */
   redirected: number;
+  /**
+   * Re-splices that sent the destination a RESUME the client prepared at the MOVE hint, so the
+   * client's round trip was not part of its gap (docs/gateway.md).
+   */
+  prepared: number;
 }
 
 interface Ctx {
@@ -119,6 +124,7 @@ export class Gateway {
     refused: 0,
     pooled: 0,
     redirected: 0,
+    prepared: 0,
   };
   private readonly listeners: Listener[] = [];
   private readonly splices = new Set<ClientSplice>();
@@ -308,6 +314,22 @@ class ClientSplice {
   private back: { host: RoutedHost; nonce: Uint8Array; resume: Uint8Array } | undefined;
   /** The client's first frame and the CHALLENGE it answered, kept to replay a redirected HELLO. */
   private opening: { first: Frame; nonce: Uint8Array } | undefined;
+  /** The client answers prepared CHALLENGEs (its HELLO or RESUME said so). */
+  private prepares = false;
+  /**
+   * After a MOVE hint: the prepared CHALLENGE sent to the client, and its RESUME once it came,
+   * held for the MOVE to that URL.
+   */
+  private prep: { url: string; nonce: Uint8Array; resume: Uint8Array | undefined } | undefined;
+  /**
+   * After a re-splice, which of the client's frames the new host may get: `null` until its
+   * RESUMED passed (none of DATA, ACK, PING, PONG), then the seq the client's DATA must resume
+   * from. A client that prepared its RESUME was never parked: it goes on sending while the switch
+   * happens, and those frames may reach the gateway after the RESUMED. The new host expects
+   * exactly the seq after the one its RESUMED named; the client resends everything from there, so
+   * a DATA above it is dropped until that seq comes (the ones below are duplicates the host drops).
+   */
+  private clientNext: number | null | undefined;
   private redirects = 0;
 
   constructor(
@@ -333,6 +355,7 @@ class ClientSplice {
     try {
       first = await client.nextFrame(ctx.handshakeTimeoutMs, ctx.clock);
       this.opening = { first, nonce };
+      this.prepares = (first.type === FrameType.HELLO || first.type === FrameType.RESUME) && first.prepares === true;
       if (this.ended) return;
       host = await this.route(first, nonce);
     } catch (err) {
@@ -444,11 +467,13 @@ class ClientSplice {
       case FrameType.RESUMED:
         this.established = true;
         this.back = undefined;
+        if (this.clientNext === null) this.clientNext = f.lastSeq + 1;
         break;
       case FrameType.MOVE:
-        // Never forwarded: the gateway follows the move itself. A hint needs nothing from it:
-        // its links to hosts are already open (the splice pool).
-        if (!f.hint) this.onMove(f.url);
+        // Never forwarded: the gateway follows the move itself. Its links to hosts are already
+        // open (the splice pool); at a hint it gets the client's RESUME ready.
+        if (f.hint) this.onHint(f.url);
+        else this.onMove(f.url);
         return;
       case FrameType.CLOSE:
         if (this.sid) table.forgetSession(this.sid);
@@ -495,15 +520,50 @@ class ClientSplice {
     }
     const up = this.up;
     if (this.phase !== 'spliced' || !up) return;
+    if (this.clientNext !== undefined && !this.admit(f)) return;
+    if (f.type === FrameType.RESUME && f.prepared) {
+      // Never for the host: kept for the MOVE if it answers the CHALLENGE of the hint, else stale.
+      const prep = this.prep;
+      if (prep && prep.resume === undefined && equalBytes(f.nonce, prep.nonce) && toHex(f.sessionId) === this.sid) {
+        prep.resume = encodeFrame(f);
+      }
+      return;
+    }
     if (f.type === FrameType.CLOSE && this.sid) this.ctx.table.forgetSession(this.sid);
     up.writeFrame(f);
     this.checkBuffered(up, 'host');
+  }
+
+  /** Whether a client frame may go on to the new host after a re-splice (see `clientNext`). */
+  private admit(f: Frame): boolean {
+    const next = this.clientNext;
+    if (f.type !== FrameType.DATA) {
+      return next !== null || (f.type !== FrameType.ACK && f.type !== FrameType.PING && f.type !== FrameType.PONG);
+    }
+    if (next === null || next === undefined) return next === undefined;
+    if (f.seq > next) return false;
+    if (f.seq === next) this.clientNext = undefined;
+    return true;
+  }
+
+  /**
+   * The host announced a MOVE to `url`: a client that can asks for its RESUME now (a prepared
+   * CHALLENGE, answered while the session carries on), so that at the MOVE the destination gets it
+   * at once instead of after a round trip to the client.
+   */
+  private onHint(url: string): void {
+    if (!this.prepares || !this.established || !this.sid || this.phase !== 'spliced') return;
+    const nonce = newNonce();
+    this.prep = { url, nonce, resume: undefined };
+    this.client.writeFrame({ type: FrameType.CHALLENGE, nonce, prepare: true });
   }
 
   /** The host sent MOVE: it handed the session to the host at `url`. */
   private onMove(url: string): void {
     const old = this.up;
     const from = this.host;
+    const prep = this.prep;
+    this.prep = undefined;
     this.up = undefined;
     // The old host has handed the session over; nothing more it says is for this client.
     if (old) hangUp(old);
@@ -517,6 +577,11 @@ class ClientSplice {
         },
         () => this.fail('TRANSPORT_CLOSED', 'session moved during the handshake; reconnect'),
       );
+      return;
+    }
+    if (prep?.resume && prep.url === url) {
+      this.ctx.counters.prepared++;
+      void this.resplice(this.beginSwitch(prep.nonce, from, prep.resume), url);
       return;
     }
     void this.resplice(this.beginSwitch(newNonce(), from), url);
@@ -562,8 +627,9 @@ class ClientSplice {
       return;
     }
     this.routeTo(sw, dest);
-    // The client answers in-band, on the transport it already has. The link opens meanwhile.
-    this.client.writeFrame({ type: FrameType.CHALLENGE, nonce: sw.nonce });
+    // The client answers in-band, on the transport it already has, unless its RESUME is in
+    // already (prepared at the hint). The link opens meanwhile.
+    if (!sw.resume) this.client.writeFrame({ type: FrameType.CHALLENGE, nonce: sw.nonce });
     await this.linkSwitch(sw);
   }
 
@@ -660,6 +726,11 @@ class ClientSplice {
         sw.dropped++;
         return;
       case FrameType.RESUME:
+        if (f.prepared) {
+          // Answers a prepared CHALLENGE the MOVE overtook; the CHALLENGE of this switch follows.
+          sw.dropped++;
+          return;
+        }
         if (sw.resume) {
           this.fail('UNEXPECTED_FRAME', 'second RESUME during a re-splice');
         } else if (!equalBytes(f.nonce, sw.nonce)) {
@@ -694,6 +765,7 @@ class ClientSplice {
     this.up = link;
     // The client is in a handshake again until RESUMED comes back.
     this.established = false;
+    this.clientNext = null;
     link.setHandler(this.upstreamHandler(link));
     link.write(resume);
     this.ctx.counters.resplices++;

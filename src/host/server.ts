@@ -318,8 +318,14 @@ export class SessionServer {
     if (session.state === 'lost' || session.state === 'closed') {
       throw new RoamError('UNKNOWN_SESSION', 'session ended during the handshake');
     }
+    // A prepared RESUME was made ahead of a move (docs/protocol.md): the client has received and
+    // acknowledged more since. It holds everything up to what it acknowledged, so replay starts
+    // there. Any other claim below that is refused: it would hide frames the client lost.
+    const claim = opening.resume.prepared
+      ? Math.max(opening.resume.lastSeq, session.engine.peerAckedSeq)
+      : opening.resume.lastSeq;
     try {
-      session.engine.checkResumeClaim(opening.resume.lastSeq);
+      session.engine.checkResumeClaim(claim);
     } catch (err) {
       const moved = (err as RoamError).code === 'RESUME_SEQ_INVALID' ? this.opts.movedTo?.(id) : undefined;
       if (moved !== undefined) throw new RoamError('INSTANCE_ELSEWHERE', moved);
@@ -328,7 +334,7 @@ export class SessionServer {
     const ourLast = session.engine.lastReceivedSeq;
     await serverResumed(conn, session.keyForResume, opening.resume, ourLast);
     this.counters.resumes++;
-    session.engine.attach(conn, opening.resume.lastSeq);
+    session.engine.attach(conn, claim);
     this.clearExpiry(id);
   }
 

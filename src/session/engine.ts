@@ -77,6 +77,17 @@ type EngineEvents = {
    * on it; the owner answers the nonce and calls {@link SessionEngine.attach} with `conn` again.
    */
   challenge: [nonce: Uint8Array, conn: FramedConnection];
+  /**
+   * A prepared CHALLENGE (a gateway announces a move and asks for a RESUME ahead of it): the
+   * engine keeps using `conn`; the owner answers with a prepared RESUME on it.
+   */
+  prepare: [nonce: Uint8Array, conn: FramedConnection];
+  /**
+   * A RESUMED arrived on the attached transport: the answer to a prepared RESUME, once the
+   * gateway moved the session's upstream. The engine has let go of `conn` as for `challenge`
+   * (frames after it queue); the owner checks the proof and re-attaches, or fails `conn`.
+   */
+  resumed: [frame: Extract<Frame, { type: typeof FrameType.RESUMED }>, conn: FramedConnection];
 };
 
 /**
@@ -513,8 +524,20 @@ export class SessionEngine extends Emitter<EngineEvents> {
           conn.fail(new ProtocolError('UNEXPECTED_FRAME', 'CHALLENGE on an established session'));
           return;
         }
+        if (f.prepare && this.listenerCount('prepare') > 0) {
+          this.emit('prepare', f.nonce.slice(), conn);
+          return;
+        }
         this.park(conn);
         this.emit('challenge', f.nonce.slice(), conn);
+        return;
+      case FrameType.RESUMED:
+        if (this.listenerCount('resumed') === 0) {
+          conn.fail(new ProtocolError('UNEXPECTED_FRAME', 'RESUMED on an established session'));
+          return;
+        }
+        this.park(conn);
+        this.emit('resumed', f, conn);
         return;
       default:
         conn.fail(new ProtocolError('UNEXPECTED_FRAME', `frame type ${f.type} not allowed on an established session`));

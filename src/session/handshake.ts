@@ -67,9 +67,16 @@ export async function clientHello(
   service: string,
   key: string | undefined,
   crypto: SessionCrypto = webSessionCrypto,
+  opts: { prepares?: boolean } = {},
 ): Promise<Established> {
   const eph = await generateEphemeralKey(crypto);
-  conn.writeFrame({ type: FrameType.HELLO, publicKey: eph.publicKey, service, key });
+  conn.writeFrame({
+    type: FrameType.HELLO,
+    publicKey: eph.publicKey,
+    service,
+    key,
+    ...(opts.prepares ? { prepares: true as const } : {}),
+  });
   const w = await expect(conn, clock, timeoutMs, [FrameType.WELCOME]);
   let sessionKey: SessionKey;
   try {
@@ -100,16 +107,63 @@ export async function clientResume(
   key: SessionKey,
   lastSeq: number,
   challenge?: Uint8Array,
+  opts: { prepares?: boolean } = {},
 ): Promise<number> {
   const nonce = challenge ?? (await expect(conn, clock, timeoutMs, [FrameType.CHALLENGE])).nonce;
   const clientNonce = newNonce();
   const proof = await mac(key, Labels.resume, nonce, sessionId, u64Bytes(lastSeq));
-  conn.writeFrame({ type: FrameType.RESUME, sessionId, nonce, lastSeq, clientNonce, mac: proof });
+  conn.writeFrame({
+    type: FrameType.RESUME,
+    sessionId,
+    nonce,
+    lastSeq,
+    clientNonce,
+    mac: proof,
+    ...(opts.prepares ? { prepares: true as const } : {}),
+  });
   const r = await expect(conn, clock, timeoutMs, [FrameType.RESUMED]);
+  await checkResumed(key, clientNonce, sessionId, r);
+  return r.lastSeq;
+}
+
+/**
+ * Client: answers a prepared CHALLENGE (a gateway announcing a move) with a RESUME flagged
+ * `prepared`, while the session carries on over the same transport. The gateway holds it and
+ * sends it to the destination at the move; the RESUMED comes back in-band then, to be checked
+ * with {@link checkResumed} against the returned client nonce.
+ */
+export async function prepareResume(
+  conn: FramedConnection,
+  sessionId: Uint8Array,
+  key: SessionKey,
+  lastSeq: number,
+  nonce: Uint8Array,
+): Promise<Uint8Array> {
+  const clientNonce = newNonce();
+  const proof = await mac(key, Labels.resume, nonce, sessionId, u64Bytes(lastSeq));
+  conn.writeFrame({
+    type: FrameType.RESUME,
+    sessionId,
+    nonce,
+    lastSeq,
+    clientNonce,
+    mac: proof,
+    prepares: true,
+    prepared: true,
+  });
+  return clientNonce;
+}
+
+/** Client: the server's RESUMED must prove the session key over our nonce, or it is an impostor. */
+export async function checkResumed(
+  key: SessionKey,
+  clientNonce: Uint8Array,
+  sessionId: Uint8Array,
+  r: Extract<Frame, { type: typeof FrameType.RESUMED }>,
+): Promise<void> {
   if (!(await verifyMac(key, r.mac, Labels.resumed, clientNonce, sessionId, u64Bytes(r.lastSeq)))) {
     throw new RoamError('HANDSHAKE_FAILED', 'server could not prove it holds the session key');
   }
-  return r.lastSeq;
 }
 
 /** Server: the first frame of a new transport after our CHALLENGE. */

@@ -248,12 +248,18 @@ const codeArb = fc.constantFrom(...(Object.keys(CODES) as CodeName[]));
 const closeTextArb = textArb(MAX_TEXT_BYTES, 512);
 
 const frameArb: fc.Arbitrary<Frame> = fc.oneof(
-  fc.record({
-    type: fc.constant(FrameType.HELLO),
-    publicKey: bytesN(KEY_BYTES),
-    service: textArb(MAX_SERVICE_NAME_BYTES, 300),
-    key: fc.option(textArb(MAX_INSTANCE_KEY_BYTES, 1100), { nil: undefined }),
-  }),
+  // Flags that say `true` are present or absent, never false (HELLO bit 1, CHALLENGE bit 0,
+  // RESUME bits 0 and 1).
+  fc.record(
+    {
+      type: fc.constant(FrameType.HELLO),
+      publicKey: bytesN(KEY_BYTES),
+      service: textArb(MAX_SERVICE_NAME_BYTES, 300),
+      key: fc.option(textArb(MAX_INSTANCE_KEY_BYTES, 1100), { nil: undefined }),
+      prepares: fc.constant(true as const),
+    },
+    { requiredKeys: ['type', 'publicKey', 'service', 'key'] },
+  ),
   fc.record({
     type: fc.constant(FrameType.WELCOME),
     sessionId: bytesN(SESSION_ID_BYTES),
@@ -262,15 +268,23 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
     sessionTtlMs: u32Arb,
     confirm: bytesN(MAC_BYTES),
   }),
-  fc.record({ type: fc.constant(FrameType.CHALLENGE), nonce: bytesN(NONCE_BYTES) }),
-  fc.record({
-    type: fc.constant(FrameType.RESUME),
-    sessionId: bytesN(SESSION_ID_BYTES),
-    nonce: bytesN(NONCE_BYTES),
-    lastSeq: seqArb,
-    clientNonce: bytesN(NONCE_BYTES),
-    mac: bytesN(MAC_BYTES),
-  }),
+  fc.record(
+    { type: fc.constant(FrameType.CHALLENGE), nonce: bytesN(NONCE_BYTES), prepare: fc.constant(true as const) },
+    { requiredKeys: ['type', 'nonce'] },
+  ),
+  fc.record(
+    {
+      type: fc.constant(FrameType.RESUME),
+      sessionId: bytesN(SESSION_ID_BYTES),
+      nonce: bytesN(NONCE_BYTES),
+      lastSeq: seqArb,
+      clientNonce: bytesN(NONCE_BYTES),
+      mac: bytesN(MAC_BYTES),
+      prepares: fc.constant(true as const),
+      prepared: fc.constant(true as const),
+    },
+    { requiredKeys: ['type', 'sessionId', 'nonce', 'lastSeq', 'clientNonce', 'mac'] },
+  ),
   fc.record({ type: fc.constant(FrameType.RESUMED), lastSeq: seqArb, mac: bytesN(MAC_BYTES) }),
   fc.record({
     type: fc.constant(FrameType.DATA),

@@ -141,7 +141,28 @@ const SAMPLES: { name: string; frame: Frame }[] = [
       confirm: bytes(MAC_BYTES, 7),
     },
   },
+  {
+    name: 'HELLO with key, from a client that prepares (flag bits 0 and 1)',
+    frame: { type: FrameType.HELLO, publicKey: bytes(KEY_BYTES, 2), service: 'chat', key: 'k', prepares: true },
+  },
   { name: 'CHALLENGE', frame: { type: FrameType.CHALLENGE, nonce: bytes(NONCE_BYTES, 8) } },
+  {
+    name: 'CHALLENGE prepare (flag bit 0)',
+    frame: { type: FrameType.CHALLENGE, nonce: bytes(NONCE_BYTES, 8), prepare: true },
+  },
+  {
+    name: 'RESUME prepared (flag bits 0 and 1)',
+    frame: {
+      type: FrameType.RESUME,
+      sessionId: bytes(SESSION_ID_BYTES, 9),
+      nonce: bytes(NONCE_BYTES, 10),
+      lastSeq: 7,
+      clientNonce: bytes(NONCE_BYTES, 11),
+      mac: bytes(MAC_BYTES, 12),
+      prepares: true,
+      prepared: true,
+    },
+  },
   {
     name: 'RESUME at the largest safe seq',
     frame: {
@@ -307,6 +328,24 @@ describe('exact wire layout', () => {
   it('HELLO sets flag bit 0 exactly when a key is present', () => {
     assert.equal(encodeFrame({ type: FrameType.HELLO, publicKey: bytes(KEY_BYTES), service: 'a' })[2], 0);
     assert.equal(encodeFrame({ type: FrameType.HELLO, publicKey: bytes(KEY_BYTES), service: 'a', key: '' })[2], 1);
+  });
+
+  it('the prepare flags: HELLO bit 1, CHALLENGE bit 0, RESUME bits 0 (prepares) and 1 (prepared)', () => {
+    const hello = { type: FrameType.HELLO, publicKey: bytes(KEY_BYTES), service: 'a', prepares: true } as const;
+    assert.equal(encodeFrame(hello)[2], 2);
+    assert.equal(encodeFrame({ ...hello, key: 'k' })[2], 3);
+    assert.equal(encodeFrame({ type: FrameType.CHALLENGE, nonce: bytes(NONCE_BYTES), prepare: true })[2], 1);
+    const resume = {
+      type: FrameType.RESUME,
+      sessionId: bytes(SESSION_ID_BYTES),
+      nonce: bytes(NONCE_BYTES),
+      lastSeq: 1,
+      clientNonce: bytes(NONCE_BYTES),
+      mac: bytes(MAC_BYTES),
+    } as const;
+    assert.equal(encodeFrame(resume)[2], 0);
+    assert.equal(encodeFrame({ ...resume, prepares: true })[2], 1);
+    assert.equal(encodeFrame({ ...resume, prepares: true, prepared: true })[2], 3);
   });
 
   it('decoded byte fields other than DATA payloads do not alias the input', () => {

@@ -32,12 +32,16 @@ export const MAX_SERVICE_NAME_BYTES = 255;
 export const MAX_INSTANCE_KEY_BYTES = 1024;
 export const MAX_TEXT_BYTES = 4096;
 
-/** Client opens a new session: its ephemeral X25519 public key, the service and instance key. */
+/**
+ * Client opens a new session: its ephemeral X25519 public key, the service and instance key.
+ * `prepares` (flag bit 1): the client answers a prepared CHALLENGE (see ChallengeFrame).
+ */
 export interface HelloFrame {
   type: typeof FrameType.HELLO;
   publicKey: Uint8Array;
   service: string;
   key?: string | undefined;
+  prepares?: true;
 }
 /** Server accepts a new session; `confirm` = HMAC(sessionKey, "roam welcome" ‖ sessionId). */
 export interface WelcomeFrame {
@@ -48,12 +52,22 @@ export interface WelcomeFrame {
   sessionTtlMs: number;
   confirm: Uint8Array;
 }
-/** Server's fresh nonce, sent first on every new transport; a RESUME must answer it. */
+/**
+ * Server's fresh nonce, sent first on every new transport; a RESUME must answer it. With
+ * `prepare` (flag bit 0, only in-band from a gateway to a client that `prepares`): a move is
+ * coming; answer with a RESUME now and keep using the session meanwhile.
+ */
 export interface ChallengeFrame {
   type: typeof FrameType.CHALLENGE;
   nonce: Uint8Array;
+  prepare?: true;
 }
-/** Client's resume proof: HMAC(key, "roam resume" ‖ nonce ‖ sessionId ‖ lastSeq). */
+/**
+ * Client's resume proof: HMAC(key, "roam resume" ‖ nonce ‖ sessionId ‖ lastSeq). Flags (not
+ * covered by the proof; they change no check that protects the session): `prepares` (bit 0), as
+ * in HelloFrame; `prepared` (bit 1), it answers a prepared CHALLENGE, so `lastSeq` may lag behind
+ * what the client has acknowledged since.
+ */
 export interface ResumeFrame {
   type: typeof FrameType.RESUME;
   sessionId: Uint8Array;
@@ -61,6 +75,8 @@ export interface ResumeFrame {
   lastSeq: number;
   clientNonce: Uint8Array;
   mac: Uint8Array;
+  prepares?: true;
+  prepared?: true;
 }
 /** Server's answer: its own last received seq, proven with HMAC(key, "roam resumed" ‖ clientNonce ‖ sessionId ‖ lastSeq). */
 export interface ResumedFrame {
@@ -128,6 +144,10 @@ export type Frame =
   | ErrorFrame;
 
 const FLAG_HAS_KEY = 1;
+const FLAG_HELLO_PREPARES = 2;
+const FLAG_CHALLENGE_PREPARE = 1;
+const FLAG_RESUME_PREPARES = 1;
+const FLAG_RESUME_PREPARED = 2;
 const FLAG_MOVE_HINT = 1;
 const utf8enc = new TextEncoder();
 const utf8dec = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -302,7 +322,7 @@ export function encodeFrame(f: Frame): Uint8Array {
         w.u16(key.length);
         w.bytes(key);
       }
-      return w.finish(f.type, key ? FLAG_HAS_KEY : 0);
+      return w.finish(f.type, (key ? FLAG_HAS_KEY : 0) | (f.prepares ? FLAG_HELLO_PREPARES : 0));
     }
     case FrameType.WELCOME: {
       checkFixed(f.sessionId, SESSION_ID_BYTES, 'sessionId');
@@ -322,7 +342,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       checkFixed(f.nonce, NONCE_BYTES, 'nonce');
       const w = new Writer(NONCE_BYTES);
       w.bytes(f.nonce);
-      return w.finish(f.type);
+      return w.finish(f.type, f.prepare ? FLAG_CHALLENGE_PREPARE : 0);
     }
     case FrameType.RESUME: {
       checkFixed(f.sessionId, SESSION_ID_BYTES, 'sessionId');
@@ -336,7 +356,7 @@ export function encodeFrame(f: Frame): Uint8Array {
       w.u64(f.lastSeq);
       w.bytes(f.clientNonce);
       w.bytes(f.mac);
-      return w.finish(f.type);
+      return w.finish(f.type, (f.prepares ? FLAG_RESUME_PREPARES : 0) | (f.prepared ? FLAG_RESUME_PREPARED : 0));
     }
     case FrameType.RESUMED: {
       checkFixed(f.mac, MAC_BYTES, 'mac');
@@ -417,6 +437,7 @@ export function decodePayload(type: number, flags: number, payload: Uint8Array):
       const service = r.text(r.u8(), MAX_SERVICE_NAME_BYTES, 'service name');
       const key = flags & FLAG_HAS_KEY ? r.text(r.u16(), MAX_INSTANCE_KEY_BYTES, 'instance key') : undefined;
       f = { type, publicKey, service, key };
+      if (flags & FLAG_HELLO_PREPARES) f.prepares = true;
       break;
     }
     case FrameType.WELCOME:
@@ -431,6 +452,7 @@ export function decodePayload(type: number, flags: number, payload: Uint8Array):
       break;
     case FrameType.CHALLENGE:
       f = { type, nonce: r.fixed(NONCE_BYTES) };
+      if (flags & FLAG_CHALLENGE_PREPARE) f.prepare = true;
       break;
     case FrameType.RESUME:
       f = {
@@ -441,6 +463,8 @@ export function decodePayload(type: number, flags: number, payload: Uint8Array):
         clientNonce: r.fixed(NONCE_BYTES),
         mac: r.fixed(MAC_BYTES),
       };
+      if (flags & FLAG_RESUME_PREPARES) f.prepares = true;
+      if (flags & FLAG_RESUME_PREPARED) f.prepared = true;
       break;
     case FrameType.RESUMED:
       f = { type, lastSeq: r.u64(), mac: r.fixed(MAC_BYTES) };
