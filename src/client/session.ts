@@ -598,18 +598,25 @@ export class Session extends Emitter<SessionEvents> {
       this.engine.attach(conn, peerLast);
     } catch (err) {
       if (this.connecting === conn) this.connecting = undefined;
-      conn.abort();
-      if (this._state !== 'open' || this.engine.state !== 'detached') return;
-      const e = asRoamError(err);
-      if (FATAL_ON_RESUME.has(e.code)) {
-        this.engine.lose(e.code, e.message);
-        return;
-      }
-      this.warn(e);
-      // The gateway or the new host gave up on this connection: resume on a new one, at once.
-      this.resumeImmediately = true;
-      this.onEngineEvent({ type: 'suspended', code: e.code, message: e.message });
+      this.inbandFailed(conn, err);
     }
+  }
+
+  /**
+   * An in-band re-resume failed: a final refusal loses the session; otherwise (the gateway or the
+   * new host gave up on this connection) it resumes on a new transport, at once.
+   */
+  private inbandFailed(conn: FramedConnection, err: unknown): void {
+    conn.abort();
+    if (this._state !== 'open' || this.engine.state !== 'detached') return;
+    const e = asRoamError(err);
+    if (FATAL_ON_RESUME.has(e.code)) {
+      this.engine.lose(e.code, e.message);
+      return;
+    }
+    this.warn(e);
+    this.resumeImmediately = true;
+    this.onEngineEvent({ type: 'suspended', code: e.code, message: e.message });
   }
 
   private async onMove(f: Extract<Frame, { type: typeof FrameType.MOVE }>): Promise<void> {
@@ -677,16 +684,7 @@ export class Session extends Emitter<SessionEvents> {
       }
       await checkResumed(key, p.clientNonce, id, f);
     } catch (err) {
-      conn.abort();
-      if (this._state !== 'open' || this.engine.state !== 'detached') return;
-      const e = asRoamError(err);
-      if (FATAL_ON_RESUME.has(e.code)) {
-        this.engine.lose(e.code, e.message);
-        return;
-      }
-      this.warn(e);
-      this.resumeImmediately = true;
-      this.onEngineEvent({ type: 'suspended', code: e.code, message: e.message });
+      this.inbandFailed(conn, err);
       return;
     }
     if (this._state !== 'open' || this.engine.state !== 'detached') {

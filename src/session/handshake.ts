@@ -110,17 +110,7 @@ export async function clientResume(
   opts: { prepares?: boolean } = {},
 ): Promise<number> {
   const nonce = challenge ?? (await expect(conn, clock, timeoutMs, [FrameType.CHALLENGE])).nonce;
-  const clientNonce = newNonce();
-  const proof = await mac(key, Labels.resume, nonce, sessionId, u64Bytes(lastSeq));
-  conn.writeFrame({
-    type: FrameType.RESUME,
-    sessionId,
-    nonce,
-    lastSeq,
-    clientNonce,
-    mac: proof,
-    ...(opts.prepares ? { prepares: true as const } : {}),
-  });
+  const clientNonce = await writeResume(conn, sessionId, key, lastSeq, nonce, opts.prepares ? { prepares: true } : {});
   const r = await expect(conn, clock, timeoutMs, [FrameType.RESUMED]);
   await checkResumed(key, clientNonce, sessionId, r);
   return r.lastSeq;
@@ -139,18 +129,21 @@ export async function prepareResume(
   lastSeq: number,
   nonce: Uint8Array,
 ): Promise<Uint8Array> {
+  return writeResume(conn, sessionId, key, lastSeq, nonce, { prepares: true, prepared: true });
+}
+
+/** Writes a RESUME answering `nonce` with the given flags; returns the client nonce its RESUMED must prove. */
+async function writeResume(
+  conn: FramedConnection,
+  sessionId: Uint8Array,
+  key: SessionKey,
+  lastSeq: number,
+  nonce: Uint8Array,
+  flags: Pick<ResumeFrame, 'prepares' | 'prepared'>,
+): Promise<Uint8Array> {
   const clientNonce = newNonce();
   const proof = await mac(key, Labels.resume, nonce, sessionId, u64Bytes(lastSeq));
-  conn.writeFrame({
-    type: FrameType.RESUME,
-    sessionId,
-    nonce,
-    lastSeq,
-    clientNonce,
-    mac: proof,
-    prepares: true,
-    prepared: true,
-  });
+  conn.writeFrame({ type: FrameType.RESUME, sessionId, nonce, lastSeq, clientNonce, mac: proof, ...flags });
   return clientNonce;
 }
 
