@@ -520,7 +520,7 @@ class ClientSplice {
     }
     const up = this.up;
     if (this.phase !== 'spliced' || !up) return;
-    if (this.clientNext !== undefined && !this.admit(f)) return;
+    if (this.clientNext !== undefined && !this.admit(f, this.clientNext)) return;
     if (f.type === FrameType.RESUME && f.prepared) {
       // Never for the host: kept for the MOVE if it answers the CHALLENGE of the hint, else stale.
       const prep = this.prep;
@@ -535,15 +535,14 @@ class ClientSplice {
   }
 
   /** Whether a client frame may go on to the new host after a re-splice (see `clientNext`). */
-  private admit(f: Frame): boolean {
-    const next = this.clientNext;
-    if (f.type !== FrameType.DATA) {
-      return next !== null || (f.type !== FrameType.ACK && f.type !== FrameType.PING && f.type !== FrameType.PONG);
+  private admit(f: Frame, next: number | null): boolean {
+    if (f.type === FrameType.DATA) {
+      if (next === null || f.seq > next) return false;
+      if (f.seq === next) this.clientNext = undefined;
+      return true;
     }
-    if (next === null || next === undefined) return next === undefined;
-    if (f.seq > next) return false;
-    if (f.seq === next) this.clientNext = undefined;
-    return true;
+    // Before the RESUMED the new host takes no ACK or heartbeat either; handshake frames pass.
+    return next !== null || (f.type !== FrameType.ACK && f.type !== FrameType.PING && f.type !== FrameType.PONG);
   }
 
   /**

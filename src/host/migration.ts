@@ -778,7 +778,7 @@ export class Migrations {
             gapHeard = true;
             if (m.ms !== undefined && hadClients) {
               rec.phases.clientGapMs = m.ms;
-              if (m.late !== undefined && m.late > 0) rec.phases.clientsLate = m.late;
+              if (m.late) rec.phases.clientsLate = m.late;
               h.emit({ type: 'migration', migration: rec });
             }
           }
@@ -1155,22 +1155,19 @@ export class Migrations {
       clearTimeout(ttlTimer);
       for (const [s, fn] of listeners) s.off('event', fn);
     };
-    const gapTimer = setTimeout(() => {
-      gapNow();
-      report();
-    }, this.gapReportMs);
-    gapTimer.unref();
-    const ttlTimer = setTimeout(() => {
-      stop();
-      gapNow();
-      report();
-    }, this.movedTtlMs);
-    ttlTimer.unref();
+    // Every client in, or the stubs' TTL over: nothing more to wait for.
     const allIn = () => {
       stop();
       gapNow();
       report();
     };
+    const gapTimer = setTimeout(() => {
+      gapNow();
+      report();
+    }, this.gapReportMs);
+    gapTimer.unref();
+    const ttlTimer = setTimeout(allIn, this.movedTtlMs);
+    ttlTimer.unref();
     if (waiting.size === 0) allIn();
     for (const list of sessions.values()) {
       for (const s of list) {

@@ -111,6 +111,16 @@ function throwsInvalidArgument(fn: () => unknown): void {
   assert.equal(caught.code, 'INVALID_ARGUMENT', caught.message);
 }
 
+/** A RESUME every field of which is valid, to vary one field or flag at a time. */
+const validResume = {
+  type: FrameType.RESUME,
+  sessionId: bytes(SESSION_ID_BYTES),
+  nonce: bytes(NONCE_BYTES),
+  lastSeq: 1,
+  clientNonce: bytes(NONCE_BYTES),
+  mac: bytes(MAC_BYTES),
+} as const;
+
 const SAMPLES: { name: string; frame: Frame }[] = [
   { name: 'HELLO without key', frame: { type: FrameType.HELLO, publicKey: bytes(KEY_BYTES), service: 'chat' } },
   {
@@ -335,14 +345,7 @@ describe('exact wire layout', () => {
     assert.equal(encodeFrame(hello)[2], 2);
     assert.equal(encodeFrame({ ...hello, key: 'k' })[2], 3);
     assert.equal(encodeFrame({ type: FrameType.CHALLENGE, nonce: bytes(NONCE_BYTES), prepare: true })[2], 1);
-    const resume = {
-      type: FrameType.RESUME,
-      sessionId: bytes(SESSION_ID_BYTES),
-      nonce: bytes(NONCE_BYTES),
-      lastSeq: 1,
-      clientNonce: bytes(NONCE_BYTES),
-      mac: bytes(MAC_BYTES),
-    } as const;
+    const resume = validResume;
     assert.equal(encodeFrame(resume)[2], 0);
     assert.equal(encodeFrame({ ...resume, prepares: true })[2], 1);
     assert.equal(encodeFrame({ ...resume, prepares: true, prepared: true })[2], 3);
@@ -569,14 +572,7 @@ describe('encodeFrame argument checks (INVALID_ARGUMENT)', () => {
 
     throwsInvalidArgument(() => encodeFrame({ type: FrameType.CHALLENGE, nonce: bytes(NONCE_BYTES + 1) }));
 
-    const resume = {
-      type: FrameType.RESUME,
-      sessionId: bytes(SESSION_ID_BYTES),
-      nonce: bytes(NONCE_BYTES),
-      lastSeq: 1,
-      clientNonce: bytes(NONCE_BYTES),
-      mac: bytes(MAC_BYTES),
-    } as const;
+    const resume = validResume;
     assert.doesNotThrow(() => encodeFrame(resume));
     throwsInvalidArgument(() => encodeFrame({ ...resume, sessionId: bytes(KEY_BYTES) }));
     throwsInvalidArgument(() => encodeFrame({ ...resume, nonce: bytes(0) }));
