@@ -23,6 +23,7 @@ import { connectTransport } from '../src/transport/index.js';
 import { openPeerLink, PeerServer } from '../src/transport/peer.js';
 import { encodeFrame, type Frame, FrameType, RoamError } from '../src/wire/index.js';
 import { NODE_ARGS, ROAM, roam } from './support/cli.js';
+import { within } from './support/deadline.js';
 import { LinkEmulator } from './support/link-emulator.js';
 import { nextEvent } from './support/server.js';
 
@@ -87,8 +88,8 @@ async function startHost(
   peer.link('/peer/splice', spliceLink(server));
   const peerUrl = await peer.listen('127.0.0.1', 0);
   t.after(async () => {
-    await peer.close();
-    await server.close();
+    await within(`host ${id}: peer server close`, 10_000, peer.close());
+    await within(`host ${id}: server close`, 10_000, server.close());
   });
   return {
     id,
@@ -135,7 +136,7 @@ async function startGateway(t: TestContext, opts: Partial<Parameters<typeof Gate
     ...(process.env.ROAM_TEST_LOG ? { logger: consoleLogger } : {}),
     ...opts,
   });
-  t.after(() => gw.close());
+  t.after(() => within('gateway close', 10_000, gw.close()));
   return gw;
 }
 
@@ -427,7 +428,13 @@ describe('gateway', () => {
     const seen: string[] = [];
     s.on('event', (e) => seen.push(e.type));
     s.on('warning', (w) => seen.push(`warning ${w.code}`));
-    await assert.rejects(s.ready, (err: RoamError) => err.code === 'RECONNECT_EXHAUSTED');
+    t.after(() => s.close());
+    await within(
+      'the client gives up',
+      20_000,
+      assert.rejects(s.ready, (err: RoamError) => err.code === 'RECONNECT_EXHAUSTED'),
+      () => `state ${s.state}, seen [${seen.join(' ')}], gateway ${JSON.stringify(gw.counters)}`,
+    );
     assert.ok(!seen.includes('moved'), 'the gateway kept every redirect to itself');
     assert.ok(seen.includes('warning UNAVAILABLE'), seen.join(' '));
     assert.ok(gw.counters.clients >= 2, 'the client tried again after each refusal');
