@@ -1280,7 +1280,11 @@ export class Host extends Emitter<HostEvents> {
     }
     const sid = toHex(sc.sessionId);
     await this.ensureInstance(meta.service, meta.inst, meta.key ?? undefined);
-    const engine = SessionEngine.restore(sc.transport, { ...this.opts.server?.engine, clock: this.clock });
+    const engine = SessionEngine.restore(sc.transport, {
+      heartbeat: 'follow',
+      ...this.opts.server?.engine,
+      clock: this.clock,
+    });
     const session = new ServerSession(sc.sessionId, meta.service, meta.key ?? undefined, engine, key);
     const entry: SessionEntry = {
       session,

@@ -1042,7 +1042,7 @@ export class Migrations {
         // The session left this host earlier and comes back: its old stub must not outlive it (a
         // late "resumed" report would otherwise drop the new session with the stub's id).
         this.dropStub(t.sid);
-        const engine = SessionEngine.restore(t.transport, { ...h.engineOptions, clock: h.clock });
+        const engine = SessionEngine.restore(t.transport, { heartbeat: 'follow', ...h.engineOptions, clock: h.clock });
         const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
         const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
         s.moveId = t.moveId;

@@ -284,7 +284,7 @@ export class SessionServer {
       this.opts.crypto ?? nodeSessionCrypto,
     );
     this.counters.hellos++;
-    const engine = new SessionEngine({ ...engineOpts, clock: this.clock });
+    const engine = new SessionEngine({ heartbeat: 'follow', ...engineOpts, clock: this.clock });
     const session = new ServerSession(sessionId, hello.service, hello.key, engine, key);
     this.sessions.set(session.id, session);
     engine.on('event', (ev) => this.onSessionEvent(session, ev));

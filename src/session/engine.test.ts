@@ -185,6 +185,63 @@ describe('SessionEngine', () => {
     assert.equal(events[0]?.type === 'suspended' && events[0].code, 'TRANSPORT_DEAD');
   });
 
+  it('a follower answers the leader’s PINGs and sends none of its own while they arrive', async () => {
+    const clock = new ManualClock();
+    const e = new SessionEngine({ clock, heartbeatMs: 1000, heartbeat: 'follow' });
+    const peer = rawPeer(e);
+    for (let i = 1; i <= 10; i++) {
+      clock.advance(700);
+      peer.send({ type: FrameType.PING, id: i, time: clock.now() });
+      await tick();
+    }
+    assert.equal(e.state, 'attached');
+    assert.equal(peer.frames.filter((f) => f.type === FrameType.PONG).length, 10, 'every PING is answered');
+    assert.equal(peer.frames.filter((f) => f.type === FrameType.PING).length, 0, 'no PING of its own');
+    // The leader falls silent: the follower probes after a whole silent interval…
+    clock.advance(1000);
+    await tick();
+    clock.advance(400);
+    await tick();
+    assert.equal(peer.frames.filter((f) => f.type === FrameType.PING).length, 1, 'it probes once silent');
+    // …and still declares the transport dead after deadProbes silent intervals.
+    clock.advance(2600);
+    await tick();
+    assert.equal(e.state, 'detached');
+  });
+
+  it('a leader and a follower exchange one PING and one PONG per interval', async () => {
+    const clock = new ManualClock();
+    const count = { lead: 0, follow: 0 };
+    const lead = new SessionEngine({ clock, heartbeatMs: 1000 });
+    const follow = new SessionEngine({ clock, heartbeatMs: 1000, heartbeat: 'follow' });
+    // As over a network, the follower (the server) attaches first and the leader's PINGs arrive
+    // out of phase with the follower's timer.
+    const [ta, tb] = memoryTransportPair();
+    follow.attach(new FramedConnection(tb), 0);
+    clock.advance(300);
+    lead.attach(new FramedConnection(ta), 0);
+    const sent = (t: MemoryTransport, side: keyof typeof count): void => {
+      const send = t.send.bind(t);
+      const dec = new FrameDecoder();
+      t.send = (b) => {
+        count[side] += dec.push(b).filter((f) => f.type === FrameType.PING).length;
+        send(b);
+      };
+    };
+    sent(ta, 'lead');
+    sent(tb, 'follow');
+    for (let i = 0; i < 20; i++) {
+      clock.advance(500);
+      await tick();
+    }
+    assert.equal(lead.state, 'attached');
+    assert.equal(follow.state, 'attached');
+    assert.equal(count.lead, 10);
+    // Its first timer fires before the first of the leader's PINGs can have arrived.
+    assert.equal(count.follow, 1);
+    assert.ok(lead.rtt, 'the leader measures the RTT');
+  });
+
   it('estimates RTT with SRTT/RTTVAR as in RFC 6298 and stretches the heartbeat interval', async () => {
     const clock = new ManualClock();
     const e = new SessionEngine({ clock, heartbeatMs: 1000 });

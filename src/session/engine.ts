@@ -25,6 +25,14 @@ export interface EngineOptions {
   heartbeatMs?: number;
   /** A transport with nothing received for `deadProbes` heartbeat intervals is declared dead. Default 3. */
   deadProbes?: number;
+  /**
+   * Who sends the heartbeat PINGs. `lead` (default, the client's side): a PING every interval.
+   * `follow` (the server's side): a PING only after a whole interval with nothing received, so
+   * while the leader's PINGs arrive (and are answered) an idle session costs one PING and one PONG
+   * per interval instead of two of each. Either side still declares the transport dead after
+   * `deadProbes` silent intervals.
+   */
+  heartbeat?: 'lead' | 'follow';
   /** An ACK waits at most this long to be coalesced with later ones. Default 10 ms. */
   ackDelayMs?: number;
   /** …or until this many DATA frames are unacknowledged. Default 32. */
@@ -106,6 +114,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
   readonly maxFrameBytes: number;
   private heartbeatMs: number;
   private readonly deadProbes: number;
+  private readonly follows: boolean;
   private readonly ackDelayMs: number;
   private readonly ackEveryFrames: number;
   private readonly ackEveryBytes: number;
@@ -142,6 +151,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
     this.highWaterMark = opts.highWaterMark ?? Math.floor(this.maxReplayBytes / 2);
     this.heartbeatMs = opts.heartbeatMs ?? 1000;
     this.deadProbes = opts.deadProbes ?? 3;
+    this.follows = opts.heartbeat === 'follow';
     this.ackDelayMs = opts.ackDelayMs ?? 10;
     this.ackEveryFrames = opts.ackEveryFrames ?? 32;
     this.ackEveryBytes = opts.ackEveryBytes ?? 256 * 1024;
@@ -601,7 +611,11 @@ export class SessionEngine extends Emitter<EngineEvents> {
         this.detach('TRANSPORT_DEAD', `nothing received for ${Math.round(silent)} ms`);
         return;
       }
-      this.conn.writeFrame({ type: FrameType.PING, id: ++this.pingId >>> 0, time: this.clock.now() });
+      // A follower's PING would only repeat what the leader's PINGs and this side's PONGs already
+      // establish; it probes once they stop (the leader's interval may be longer: 4 × its SRTT).
+      if (!this.follows || silent >= this.heartbeatIntervalMs) {
+        this.conn.writeFrame({ type: FrameType.PING, id: ++this.pingId >>> 0, time: this.clock.now() });
+      }
       this.scheduleHeartbeat();
     }, this.heartbeatIntervalMs);
   }
