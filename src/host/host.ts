@@ -9,7 +9,7 @@ import {
 import type { MoveTarget, Requirements, ResumeHow } from '../service/define.js';
 import { compatMatches } from '../service/define.js';
 import type { InstanceInfo, InstanceSnapshot, ServiceMeta, SessionSnapshot } from '../service/protocol.js';
-import { type Clock, Emitter, SessionEngine, type SessionKey, systemClock, toHex } from '../session/index.js';
+import { type Clock, Emitter, type SessionKey, systemClock, toHex } from '../session/index.js';
 import type { Store } from '../store/index.js';
 import {
   ClusterKeys,
@@ -241,7 +241,7 @@ export class Host extends Emitter<HostEvents> {
           log: this.log,
           secret: cluster.secret,
           clock: this.clock,
-          engineOptions: opts.server?.engine,
+          restoreEngine: (snapshot) => this.server.restoreEngine(snapshot),
           worker: (name) => this.worker(name),
           hasService: (name) => this.workers.has(name),
           checkRequirements: (r, name) => this.checkRequires(r, name),
@@ -1280,11 +1280,7 @@ export class Host extends Emitter<HostEvents> {
     }
     const sid = toHex(sc.sessionId);
     await this.ensureInstance(meta.service, meta.inst, meta.key ?? undefined);
-    const engine = SessionEngine.restore(sc.transport, {
-      heartbeat: 'follow',
-      ...this.opts.server?.engine,
-      clock: this.clock,
-    });
+    const engine = this.server.restoreEngine(sc.transport);
     const session = new ServerSession(sc.sessionId, meta.service, meta.key ?? undefined, engine, key);
     const entry: SessionEntry = {
       session,

@@ -4,7 +4,7 @@ import type { WebSocket } from 'ws';
 import { compatMatches, type Requirements } from '../service/define.js';
 import { ROUND_PART_BYTES, roundFrameHeader } from '../service/precopy.js';
 import type { FrozenBatch, PrecopyMark, PrecopyRound, ServiceMeta } from '../service/protocol.js';
-import { type Clock, type EngineOptions, SessionEngine, type TransportSnapshot } from '../session/index.js';
+import type { Clock, SessionEngine, TransportSnapshot } from '../session/index.js';
 import type { Store } from '../store/index.js';
 import {
   type ClusterEvent,
@@ -95,7 +95,8 @@ export interface MigrationHost {
   readonly log: Logger;
   readonly secret: Uint8Array;
   readonly clock: Clock;
-  readonly engineOptions: EngineOptions | undefined;
+  /** A session engine continuing from a snapshot, as the host's session server builds them. */
+  restoreEngine(snapshot: TransportSnapshot): SessionEngine;
   worker(service: string): { worker: ServiceWorker; meta: ServiceMeta };
   hasService(service: string): boolean;
   checkRequirements(requires: Requirements, service: string): void;
@@ -1042,7 +1043,7 @@ export class Migrations {
         // The session left this host earlier and comes back: its old stub must not outlive it (a
         // late "resumed" report would otherwise drop the new session with the stub's id).
         this.dropStub(t.sid);
-        const engine = SessionEngine.restore(t.transport, { heartbeat: 'follow', ...h.engineOptions, clock: h.clock });
+        const engine = h.restoreEngine(t.transport);
         const key = await nodeSessionCrypto.importSessionKey(t.sessionKey);
         const s = new ServerSession(t.sessionId, t.service, t.key ?? undefined, engine, key);
         s.moveId = t.moveId;

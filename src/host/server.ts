@@ -17,6 +17,7 @@ import {
   systemClock,
   type TimerHandle,
   type Transport,
+  type TransportSnapshot,
   toHex,
   verifyResume,
 } from '../session/index.js';
@@ -284,7 +285,7 @@ export class SessionServer {
       this.opts.crypto ?? nodeSessionCrypto,
     );
     this.counters.hellos++;
-    const engine = new SessionEngine({ heartbeat: 'follow', ...engineOpts, clock: this.clock });
+    const engine = new SessionEngine(this.engineOptions());
     const session = new ServerSession(sessionId, hello.service, hello.key, engine, key);
     this.sessions.set(session.id, session);
     engine.on('event', (ev) => this.onSessionEvent(session, ev));
@@ -336,6 +337,19 @@ export class SessionServer {
     this.counters.resumes++;
     session.engine.attach(conn, claim);
     this.clearExpiry(id);
+  }
+
+  /**
+   * The engine of a session that continues here from a snapshot (a migration or a suspension),
+   * with the same options as a session opened here.
+   */
+  restoreEngine(snapshot: TransportSnapshot): SessionEngine {
+    return SessionEngine.restore(snapshot, this.engineOptions());
+  }
+
+  /** Server-side engines follow the client's heartbeat unless the options say otherwise. */
+  private engineOptions(): EngineOptions {
+    return { heartbeat: 'follow', ...this.opts.engine, clock: this.clock };
   }
 
   /** Registers a session built outside a handshake (restored from a continuation). It starts detached. */
