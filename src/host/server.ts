@@ -2,6 +2,7 @@ import {
   type Clock,
   Emitter,
   type EngineOptions,
+  equalBytes,
   FramedConnection,
   type IssuedChallenge,
   moveMac,
@@ -106,6 +107,10 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
   /** Last MOVE id sent. Travels with the session (migration) since the client refuses a reused id. */
   moveId = 0;
   private prepared: { id: number; url: string } | undefined;
+  /** The last MOVE built, and the transport generation it was last written on. */
+  private lastMove:
+    | { id: number; url: string; token: Uint8Array; frame: Promise<Uint8Array>; generation: number }
+    | undefined;
 
   constructor(
     readonly sessionId: Uint8Array,
@@ -141,8 +146,24 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
   async move(url: string, token: Uint8Array = new Uint8Array(0)): Promise<boolean> {
     // Repeating the prepared MOVE keeps its id: the client takes a repeat, not a second move.
     const moveId = this.prepared?.url === url ? this.prepared.id : this.prepareMove(url);
-    const mac = await moveMac(this.sessionKey, this.sessionId, moveId, url, token);
-    return this.engine.writeControl(encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac }));
+    const last = this.lastMove;
+    const repeat = last && last.id === moveId && last.url === url && equalBytes(last.token, token) ? last : undefined;
+    // The transport attached now already carries this MOVE: a repeat would cost both ends a MAC
+    // and the client nothing it does not know.
+    if (repeat && repeat.generation === this.engine.transportGeneration && this.engine.state === 'attached')
+      return true;
+    let move = repeat;
+    if (!move) {
+      const frame = moveMac(this.sessionKey, this.sessionId, moveId, url, token).then((mac) =>
+        encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac }),
+      );
+      move = { id: moveId, url, token, frame, generation: -1 };
+      this.lastMove = move;
+    }
+    const frame = await move.frame;
+    if (!this.engine.writeControl(frame)) return false;
+    move.generation = this.engine.transportGeneration;
+    return true;
   }
   /**
    * Announces a MOVE to `url` (a MOVE frame with the hint flag): the client may open its transport

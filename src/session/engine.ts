@@ -132,6 +132,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
   private blocked = false;
   private detachedAt: number | undefined;
   private lastRecvAt = 0;
+  private attachments = 0;
   private pingId = 0;
   private srtt: number | undefined;
   private rttvar: number | undefined;
@@ -173,6 +174,13 @@ export class SessionEngine extends Emitter<EngineEvents> {
   }
   get peerAckedSeq(): number {
     return this.peerAcked;
+  }
+  /**
+   * Counts transports attached so far: equal values before and after mean the same transport
+   * carries the session, so a control frame written in between is already on it.
+   */
+  get transportGeneration(): number {
+    return this.attachments;
   }
   /** Smoothed round-trip time in ms (RFC 6298), once a heartbeat has been answered. */
   get rtt(): { srtt: number; rttvar: number } | undefined {
@@ -264,6 +272,7 @@ export class SessionEngine extends Emitter<EngineEvents> {
       this.heldBytes = 0;
     }
     this.conn = conn;
+    this.attachments++;
     const wasDetachedAt = this.detachedAt;
     this._state = 'attached';
     this.detachedAt = undefined;
