@@ -295,21 +295,26 @@ describe('tentative MOVE', () => {
 });
 
 describe('MOVE hint', () => {
-  /** A connector that records each transport it opens: URL, and whether it was closed. */
+  /** A connector that records each transport it opens: URL, and whether and how it was closed. */
   function trackingConnector() {
-    const opened: Array<{ url: string; closed: boolean; whenClosed: Promise<void> }> = [];
+    const opened: Array<{ url: string; closed: boolean; how?: 'close' | 'abort'; whenClosed: Promise<void> }> = [];
     let onOpen = (): void => {};
     const connector: Connector = async (url, o) => {
       const t = await connectTransport(url, { localAddress: o.localAddress });
       let closed = (): void => {};
-      const rec = { url, closed: false, whenClosed: new Promise<void>((r) => (closed = r)) };
+      const rec: (typeof opened)[number] = { url, closed: false, whenClosed: new Promise<void>((r) => (closed = r)) };
       opened.push(rec);
-      const close = t.close.bind(t);
-      t.close = () => {
-        rec.closed = true;
-        closed();
-        close();
-      };
+      // Closed either way: with the transport's goodbye, or aborted without one.
+      for (const method of ['close', 'abort'] as const) {
+        const end = t[method]?.bind(t);
+        if (!end) continue;
+        t[method] = () => {
+          rec.closed = true;
+          rec.how ??= method;
+          closed();
+          end();
+        };
+      }
       onOpen();
       return t;
     };
@@ -356,6 +361,9 @@ describe('MOVE hint', () => {
     await echoRoundTrip(s, 'at the announced endpoint');
     assert.equal(tc.opened.length, 2, 'the MOVE used the prepared transport: no third connection');
     assert.equal(tc.opened[1]?.closed, false);
+    // The old endpoint handed the session over: its transport is cut without a close handshake,
+    // which would cost both ends work and tell neither anything.
+    assert.equal(tc.opened[0]?.how, 'abort');
     assert.deepEqual(events, ['open', 'moved', 'suspended', 'resumed']);
   });
 

@@ -226,4 +226,16 @@ export class FramedConnection {
     this.pendingBytes = 0;
     this.transport.close();
   }
+
+  /**
+   * Ends at once, with neither a goodbye frame nor the transport's own (see `Transport.abort`):
+   * for a transport the session has left (it followed a MOVE, it was suspended), where whatever
+   * is still unsent is replayed on the next transport anyway.
+   */
+  drop(): void {
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (this.transport.abort) this.transport.abort();
+    else this.transport.close();
+  }
 }

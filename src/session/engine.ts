@@ -450,9 +450,13 @@ export class SessionEngine extends Emitter<EngineEvents> {
     if (held.length > 0) this.scheduleAck();
   }
 
-  /** Drops the current transport without a goodbye, as a dead network would. For tests and tools. */
+  /**
+   * Drops the current transport without a goodbye, as a dead network would: the peer sees it end
+   * and resumes (a client), or waits for a resume (a server). Unacknowledged messages stay in the
+   * replay buffer for the next transport.
+   */
   dropTransport(): void {
-    this.conn?.abort();
+    this.conn?.drop();
   }
 
   private onFrame(conn: FramedConnection, f: Frame): void {

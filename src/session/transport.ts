@@ -24,6 +24,13 @@ export interface Transport {
   send(bytes: Uint8Array): void;
   /** Closes; the handlers' `close` fires once, asynchronously. Idempotent. */
   close(): void;
+  /**
+   * Ends at once, without the transport's own goodbye (a WebSocket close handshake, say): unsent
+   * bytes are dropped and the peer sees the connection end as if the network had. For a transport
+   * the session no longer needs, where a goodbye would cost both ends work and tell them nothing.
+   * The handlers' `close` fires once, as for `close`. Without it, `close` is used.
+   */
+  abort?(): void;
 }
 
 /**

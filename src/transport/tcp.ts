@@ -39,4 +39,10 @@ export class TcpTransport extends BaseTransport {
     this.killTimer = setTimeout(() => this.socket.destroy(), 2000);
     this.killTimer.unref();
   }
+
+  abort(): void {
+    if (this.isClosed) return;
+    this.closed();
+    this.socket.destroy();
+  }
 }

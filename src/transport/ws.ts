@@ -59,6 +59,13 @@ export class WsTransport extends BaseTransport {
     this.killTimer = setTimeout(() => this.ws.terminate(), 2000);
     this.killTimer.unref();
   }
+
+  /** The socket ends with no close frames: `ws` parses, answers and ends nothing more for it. */
+  abort(): void {
+    if (this.isClosed) return;
+    this.closed();
+    this.ws.terminate();
+  }
 }
 
 export function remoteOf(req: IncomingMessage): string | undefined {
