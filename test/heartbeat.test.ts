@@ -68,24 +68,17 @@ it('a real host follows the client heartbeat: no PINGs of its own while the clie
   const h = await spawnHost();
   t.after(() => h.cleanup());
 
+  /** A client of the room `key` that sends a PING of its own every `heartbeatMs`, tapped. */
+  const client = (key: string, heartbeatMs: number) => {
+    const tap = frameTap();
+    const session = connect(h.url, { service: 'room', key, connector: tap.connector, engine: { heartbeatMs } });
+    t.after(() => session.close());
+    return { tap, session };
+  };
   // The client leads every 200 ms; the host's interval is its default 1 s.
-  const busy = frameTap();
-  const leader = connect(h.url, {
-    service: 'room',
-    key: 'busy',
-    connector: busy.connector,
-    engine: { heartbeatMs: 200 },
-  });
-  t.after(() => leader.close());
+  const { tap: busy, session: leader } = client('busy', 200);
   // The client pings every 5 s: the host hears nothing for whole intervals of its own.
-  const quiet = frameTap();
-  const sparse = connect(h.url, {
-    service: 'room',
-    key: 'quiet',
-    connector: quiet.connector,
-    engine: { heartbeatMs: 5000 },
-  });
-  t.after(() => sparse.close());
+  const { tap: quiet, session: sparse } = client('quiet', 5000);
   await Promise.all([leader.ready, sparse.ready]);
 
   // 20 client PINGs = 4 s: a host that led would have sent 3 or 4 PINGs of its own by now.
