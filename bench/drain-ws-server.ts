@@ -10,7 +10,7 @@
  *   move N URL URL…  tell every connected client, in turn, to reconnect to the next URL of the
  *                    list (text "move URL"), at most N at a time: the next client is told when an
  *                    earlier one closed its connection here. The client opens the new connection,
- *                    says "hi", waits for "ok" and closes this one. N plays the part of roam's
+ *                    says "hi", waits for "ok" and cuts this one. N plays the part of roam's
  *                    drain concurrency × batch size, and keeps both ends under their file limits.
  *
  * It exits by itself, every socket closed, when stdin closes.

@@ -13,7 +13,7 @@
  * Baseline in the same run (`ws_baseline`): the floor for moving the clients alone. The same
  * number of raw `ws` clients on a plain `ws` server (a child process, like roam's hosts) are told
  * to reconnect to one of two other such servers; each opens its new connection, makes one round
- * trip ("hi" → "ok") and closes the old one. No state, no authentication, no directory: what any
+ * trip ("hi" → "ok") and cuts the old one (no close handshake, as roam's clients). No state, no authentication, no directory: what any
  * server that hands clients to another host pays on this machine at least. Both sides also report
  * the CPU time every process involved used (this one, the servers or the directory and hosts),
  * which is steadier than wall time on a busy machine. The Migrate paper's 64 sessions in 1.5 s is
@@ -453,7 +453,8 @@ async function wsBaseline(n: number): Promise<DrainResult['ws_baseline']> {
           next.on('open', () => next.send('hi'));
           next.on('message', (d: Buffer) => {
             if (d.toString('utf8') !== 'ok') return;
-            old.close();
+            // Cut, not closed: a roam client that followed a MOVE skips the close handshake too.
+            old.terminate();
             if (++moved === n) allMoved();
           });
         });
