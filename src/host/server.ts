@@ -101,16 +101,22 @@ type ServerSessionEvents = {
   drain: [];
 };
 
+/**
+ * The MOVE id taken for `url`; once sent, its frame (MAC included) for repeats, and the transport
+ * generation it was last written on.
+ */
+interface PreparedMove {
+  id: number;
+  url: string;
+  sent?: { token: Uint8Array; frame: Promise<Uint8Array>; generation: number };
+}
+
 /** The server's side of one client session. */
 export class ServerSession extends Emitter<ServerSessionEvents> {
   readonly id: string;
   /** Last MOVE id sent. Travels with the session (migration) since the client refuses a reused id. */
   moveId = 0;
-  private prepared: { id: number; url: string } | undefined;
-  /** The last MOVE built, and the transport generation it was last written on. */
-  private lastMove:
-    | { id: number; url: string; token: Uint8Array; frame: Promise<Uint8Array>; generation: number }
-    | undefined;
+  private prepared: PreparedMove | undefined;
 
   constructor(
     readonly sessionId: Uint8Array,
@@ -145,24 +151,21 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
    */
   async move(url: string, token: Uint8Array = new Uint8Array(0)): Promise<boolean> {
     // Repeating the prepared MOVE keeps its id: the client takes a repeat, not a second move.
-    const moveId = this.prepared?.url === url ? this.prepared.id : this.prepareMove(url);
-    const last = this.lastMove;
-    const repeat = last && last.id === moveId && last.url === url && equalBytes(last.token, token) ? last : undefined;
+    const p = this.prepared?.url === url ? this.prepared : this.prepare(url);
+    let sent = p.sent && equalBytes(p.sent.token, token) ? p.sent : undefined;
     // The transport attached now already carries this MOVE: a repeat would cost both ends a MAC
     // and the client nothing it does not know.
-    if (repeat && repeat.generation === this.engine.transportGeneration && this.engine.state === 'attached')
-      return true;
-    let move = repeat;
-    if (!move) {
+    if (sent?.generation === this.engine.transportGeneration && this.engine.state === 'attached') return true;
+    if (!sent) {
+      const moveId = p.id;
       const frame = moveMac(this.sessionKey, this.sessionId, moveId, url, token).then((mac) =>
         encodeFrame({ type: FrameType.MOVE, moveId, url, token, mac }),
       );
-      move = { id: moveId, url, token, frame, generation: -1 };
-      this.lastMove = move;
+      sent = { token, frame, generation: -1 };
+      p.sent = sent;
     }
-    const frame = await move.frame;
-    if (!this.engine.writeControl(frame)) return false;
-    move.generation = this.engine.transportGeneration;
+    if (!this.engine.writeControl(await sent.frame)) return false;
+    sent.generation = this.engine.transportGeneration;
     return true;
   }
   /**
@@ -181,9 +184,11 @@ export class ServerSession extends Emitter<ServerSessionEvents> {
    * destination (which continues after it) before it knows whether it will have to send it.
    */
   prepareMove(url: string): number {
-    const id = ++this.moveId;
-    this.prepared = { id, url };
-    return id;
+    return this.prepare(url).id;
+  }
+  private prepare(url: string): PreparedMove {
+    this.prepared = { id: ++this.moveId, url };
+    return this.prepared;
   }
   /** @internal */
   get keyForResume(): SessionKey {
