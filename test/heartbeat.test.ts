@@ -24,39 +24,30 @@ function frameTap() {
       else waiters.push(w);
     }
   };
-  const wrap = (t: Transport): Transport => {
+  // Patched in place, as recordingConnector (support/server.ts) does, so the transport keeps
+  // everything else it has (abort included).
+  const tap = (t: Transport): Transport => {
     const inbound = new FrameDecoder();
     const outbound = new FrameDecoder();
-    return {
-      kind: t.kind,
-      get remoteAddress() {
-        return t.remoteAddress;
-      },
-      get bufferedAmount() {
-        return t.bufferedAmount;
-      },
-      get isClosed() {
-        return t.isClosed;
-      },
-      bind(h) {
-        t.bind({
-          data: (b) => {
-            count(fromHost, inbound.push(b));
-            h.data(b);
-          },
-          close: (e) => h.close(e),
-        });
-      },
-      send(b) {
-        count(fromClient, outbound.push(b));
-        t.send(b);
-      },
-      close: () => t.close(),
+    const bind = t.bind.bind(t);
+    const send = t.send.bind(t);
+    t.bind = (h) =>
+      bind({
+        data: (b) => {
+          count(fromHost, inbound.push(b));
+          h.data(b);
+        },
+        close: (e) => h.close(e),
+      });
+    t.send = (b) => {
+      count(fromClient, outbound.push(b));
+      send(b);
     };
+    return t;
   };
   return {
     connector: async (u: string, o: { localAddress?: string | undefined }) =>
-      wrap(await connectTransport(u, { localAddress: o.localAddress })),
+      tap(await connectTransport(u, { localAddress: o.localAddress })),
     host: (k: Kind) => fromHost.get(k) ?? 0,
     client: (k: Kind) => fromClient.get(k) ?? 0,
     until: (test: () => boolean) =>
